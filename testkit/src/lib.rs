@@ -1,0 +1,164 @@
+//! What cairn's tests share to run real components (nginx, PostgreSQL, the registry, runc,
+//! the services themselves) as the standards ask: processes owned by a guard that kills and
+//! reaps on drop, ports from binding port 0, readiness polled with a deadline (never a fixed
+//! sleep), and a tool that is missing failing loudly under `CI=true`.
+//!
+//! Services use it as a dev-dependency only; xtask uses its tool lookup to install what the
+//! suite needs. Nothing in a shipped service binary may depend on it.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+/// A child process that is killed and reaped when the guard drops, so a failing test never
+/// leaves a server behind.
+#[derive(Debug)]
+pub struct ProcessGuard {
+    name: String,
+    child: Child,
+}
+
+impl ProcessGuard {
+    /// Spawns `command`; panics with the program's name when it cannot start.
+    pub fn spawn(name: &str, command: &mut Command) -> ProcessGuard {
+        let child = command
+            .spawn()
+            .unwrap_or_else(|err| panic!("cannot start {name} ({command:?}): {err}"));
+        ProcessGuard {
+            name: name.to_owned(),
+            child,
+        }
+    }
+
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Panics when the process has already exited (a server that died at start-up).
+    pub fn assert_running(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!("{} exited early with {status}", self.name);
+        }
+    }
+
+    /// Sends SIGTERM and waits up to `deadline` for a clean exit; returns the exit status.
+    pub fn terminate(&mut self, deadline: Duration) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let start = Instant::now();
+        while start.elapsed() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for ProcessGuard {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A TCP port that was free a moment ago on 127.0.0.1 (bound to port 0, then released).
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local address").port()
+}
+
+/// Polls `ready` every 20 ms until it returns true; panics naming `what` after `deadline`.
+pub fn wait_until(what: &str, deadline: Duration, mut ready: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ready() {
+        assert!(
+            start.elapsed() < deadline,
+            "{what} not ready after {deadline:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until something accepts TCP connections on `127.0.0.1:port`.
+pub fn wait_for_port(what: &str, port: u16, deadline: Duration) {
+    wait_until(what, deadline, || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+}
+
+/// True when running under CI (`CI=true`), where a missing tool is a failure, never a skip.
+pub fn in_ci() -> bool {
+    matches!(std::env::var("CI").as_deref(), Ok("true") | Ok("1"))
+}
+
+/// Finds `program` on PATH, in cargo's bin directory (for `cargo install`ed tools) and in the
+/// sbin directories Debian uses for daemons.
+pub fn find_program(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let cargo_bin = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo")))
+        .map(|home| home.join("bin"));
+    std::env::split_paths(&path)
+        .chain(cargo_bin)
+        .chain(["/usr/sbin", "/sbin", "/usr/local/sbin"].map(PathBuf::from))
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
+}
+
+/// The path of a tool a test needs. Under CI a missing tool panics; elsewhere it prints why the
+/// test is skipped and returns `None`, and the test returns early. `install` is the command that
+/// provides it, e.g. `apt-get install skopeo`.
+#[must_use]
+pub fn require_tool(program: &str, install: &str) -> Option<PathBuf> {
+    match find_program(program) {
+        Some(path) => Some(path),
+        None if in_ci() => panic!("{program} is required under CI=true but missing: {install}"),
+        None => {
+            eprintln!("SKIPPED: {program} not found (install with: {install})");
+            None
+        }
+    }
+}
+
+/// True when the process runs as root (runc, unshare and apt-get need it).
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|line| line.starts_with("Uid:"))
+                .and_then(|line| line.split_whitespace().nth(1).map(|uid| uid == "0"))
+        })
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_port_is_bindable() {
+        let port = free_port();
+        TcpListener::bind(("127.0.0.1", port)).expect("port was free");
+    }
+
+    #[test]
+    fn guard_kills_on_drop() {
+        let guard = ProcessGuard::spawn("sleep", Command::new("sleep").arg("60"));
+        let pid = guard.id();
+        drop(guard);
+        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
+    }
+
+    #[test]
+    fn finds_sh() {
+        assert!(find_program("sh").is_some());
+        assert!(find_program("surely-no-such-program-cairn").is_none());
+    }
+}

@@ -1,0 +1,27 @@
+//! `cargo xtask`: cairn's build tool. Each subcommand is one stage of the pipeline in
+//! DESIGN.md and lives in its own module; `main` only parses the command line and dispatches.
+
+mod project;
+mod test;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "Build, package and test cairn", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the whole test suite: fmt, clippy, install missing tools, every test of the workspace.
+    Test(test::TestArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Test(args) => test::run(&args),
+    }
+}

@@ -1,0 +1,146 @@
+//! `cargo xtask test`: THE test command (README, `.ci/run`). It checks formatting and clippy,
+//! installs the system tools the suite needs when they are missing, then runs every test of the
+//! workspace in the debug profile.
+//!
+//! The list of tools lives here, next to the command that installs them, so that a test which
+//! needs a new tool adds one line below and CI on a fresh machine gets it.
+
+use anyhow::{Context, Result, bail};
+use xshell::{Shell, cmd};
+
+use crate::project;
+
+#[derive(Debug, clap::Args)]
+pub struct TestArgs {
+    /// Skip `cargo fmt --check` and clippy (for quick local runs; CI never skips them).
+    #[arg(long)]
+    skip_lint: bool,
+    /// Arguments passed on to `cargo test` (e.g. `-- --nocapture`, or a test name filter).
+    #[arg(last = true)]
+    cargo_test_args: Vec<String>,
+}
+
+/// A program the test suite runs, and the Debian package that provides it.
+#[derive(Debug, Clone, Copy)]
+pub struct DebianTool {
+    pub program: &'static str,
+    pub package: &'static str,
+}
+
+/// Every system program some test runs. Tests find them with `testkit::require_tool`.
+pub const DEBIAN_TOOLS: &[DebianTool] = &[
+    DebianTool {
+        program: "nginx",
+        package: "nginx",
+    },
+    DebianTool {
+        program: "wrk",
+        package: "wrk",
+    },
+];
+
+/// A program the test suite runs that comes from crates.io, installed with `cargo install`.
+#[derive(Debug, Clone, Copy)]
+pub struct CargoTool {
+    pub program: &'static str,
+    /// Arguments to `cargo install`, e.g. `["--locked", "s3s-fs", "--version", "0.14.1"]`.
+    pub install_args: &'static [&'static str],
+}
+
+pub const CARGO_TOOLS: &[CargoTool] = &[];
+
+pub fn run(args: &TestArgs) -> Result<()> {
+    let sh = Shell::new()?;
+    sh.change_dir(project::root());
+    if !args.skip_lint {
+        step("cargo fmt --check");
+        cmd!(sh, "cargo fmt --all -- --check")
+            .run()
+            .context("formatting differs: run `cargo fmt --all`")?;
+        step("cargo clippy");
+        cmd!(
+            sh,
+            "cargo clippy --workspace --all-targets --locked -- -D warnings"
+        )
+        .run()
+        .context("clippy found problems")?;
+    }
+    step("system tools");
+    ensure_debian_tools(&sh)?;
+    ensure_cargo_tools(&sh)?;
+    step("cargo test");
+    let extra = &args.cargo_test_args;
+    cmd!(sh, "cargo test --workspace --locked {extra...}")
+        .run()
+        .context("tests failed")?;
+    Ok(())
+}
+
+fn step(name: &str) {
+    eprintln!("\n==> {name}");
+}
+
+fn missing_debian_packages() -> Vec<&'static str> {
+    let mut packages: Vec<&str> = DEBIAN_TOOLS
+        .iter()
+        .filter(|tool| testkit::find_program(tool.program).is_none())
+        .map(|tool| tool.package)
+        .collect();
+    packages.sort_unstable();
+    packages.dedup();
+    packages
+}
+
+fn ensure_debian_tools(sh: &Shell) -> Result<()> {
+    let missing = missing_debian_packages();
+    if missing.is_empty() {
+        eprintln!("all {} system tools present", DEBIAN_TOOLS.len());
+        return Ok(());
+    }
+    let install = format!(
+        "apt-get install -y --no-install-recommends {}",
+        missing.join(" ")
+    );
+    if !testkit::is_root() {
+        bail!(
+            "the test suite needs Debian packages that are missing; as root run:\n  apt-get update && {install}"
+        );
+    }
+    eprintln!("installing: {}", missing.join(" "));
+    cmd!(sh, "apt-get update -qq")
+        .run()
+        .context("apt-get update")?;
+    cmd!(
+        sh,
+        "apt-get install -y -qq --no-install-recommends {missing...}"
+    )
+    .env("DEBIAN_FRONTEND", "noninteractive")
+    .run()
+    .with_context(|| format!("installing Debian packages: {install}"))?;
+    let still_missing = missing_debian_packages();
+    if !still_missing.is_empty() {
+        bail!(
+            "still missing after apt-get install: {}",
+            still_missing.join(" ")
+        );
+    }
+    Ok(())
+}
+
+fn ensure_cargo_tools(sh: &Shell) -> Result<()> {
+    for tool in CARGO_TOOLS {
+        if testkit::find_program(tool.program).is_some() {
+            continue;
+        }
+        let install_args = tool.install_args;
+        eprintln!(
+            "installing {} with cargo install {}",
+            tool.program,
+            install_args.join(" ")
+        );
+        cmd!(sh, "cargo install {install_args...}")
+            .run()
+            .with_context(|| format!("cargo install {}", install_args.join(" ")))?;
+    }
+    Ok(())
+}
