@@ -37,6 +37,12 @@ pub const DEBIAN_TOOLS: &[DebianTool] = &[
         program: "wrk",
         package: "wrk",
     },
+    // The api's tests run initdb and postgres from /usr/lib/postgresql/<version>/bin (Debian
+    // keeps them off PATH); pg_ctlcluster is on PATH whenever the package is installed.
+    DebianTool {
+        program: "pg_ctlcluster",
+        package: "postgresql",
+    },
 ];
 
 /// A program the test suite runs that comes from crates.io, installed with `cargo install`.
@@ -47,7 +53,13 @@ pub struct CargoTool {
     pub install_args: &'static [&'static str],
 }
 
-pub const CARGO_TOOLS: &[CargoTool] = &[];
+pub const CARGO_TOOLS: &[CargoTool] = &[
+    // The S3 server the api's object-storage tests run (0.15+ needs Rust 1.96).
+    CargoTool {
+        program: "s3s-fs",
+        install_args: &["--locked", "s3s-fs", "--version", "0.14.1", "--features", "binary"],
+    },
+];
 
 pub fn run(args: &TestArgs) -> Result<()> {
     let sh = Shell::new()?;

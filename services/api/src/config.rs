@@ -1,0 +1,341 @@
+//! The api's configuration: every environment variable it reads, parsed once at start-up into
+//! [`Config`]. A missing or bad variable is an error that names it. This module must never read
+//! the environment after start-up, and never print a secret.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The JWT secret used only under `API_DEV_MODE=1` when `JWT_SECRET` is unset.
+const DEV_JWT_SECRET: &str = "cairn-dev-only-secret-do-not-deploy";
+/// Shorter secrets make HS256 tokens brute-forceable.
+const MIN_SECRET_LEN: usize = 32;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("environment variable {0} is required but not set")]
+    Missing(&'static str),
+    #[error("environment variable {name} is invalid: {reason}")]
+    Invalid { name: &'static str, reason: String },
+}
+
+/// Where uploaded files live.
+#[derive(Clone, PartialEq, Eq)]
+pub enum StorageConfig {
+    /// A directory on the local filesystem (the embedded default).
+    Local { dir: PathBuf },
+    /// An S3-compatible server (Garage, SeaweedFS, s3s-fs, AWS).
+    S3 {
+        endpoint: String,
+        bucket: String,
+        region: String,
+        access_key_id: String,
+        secret_access_key: String,
+    },
+}
+
+impl std::fmt::Debug for StorageConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StorageConfig::Local { dir } => f.debug_struct("Local").field("dir", dir).finish(),
+            StorageConfig::S3 {
+                endpoint, bucket, ..
+            } => f
+                .debug_struct("S3")
+                .field("endpoint", endpoint)
+                .field("bucket", bucket)
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
+/// The OpenAI-compatible endpoint the chat streams from, and how long to wait on it.
+#[derive(Clone)]
+pub struct LlmConfig {
+    /// Base URL including `/v1`, e.g. `http://inference:8001/v1`.
+    pub base_url: String,
+    pub model: String,
+    pub api_key: Option<String>,
+    pub connect_timeout: Duration,
+    pub first_token_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_tokens: u32,
+}
+
+impl std::fmt::Debug for LlmConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LlmConfig")
+            .field("base_url", &self.base_url)
+            .field("model", &self.model)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Request and resource limits.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest JSON request body, bytes.
+    pub json_body_bytes: usize,
+    /// Largest uploaded file, bytes.
+    pub upload_bytes: usize,
+    /// Longest chat message, characters.
+    pub message_chars: usize,
+    /// LLM streams one user may have open at once.
+    pub streams_per_user: usize,
+    /// Messages of earlier conversation sent with each prompt.
+    pub history_messages: usize,
+    /// Content types an upload may have.
+    pub upload_types: Vec<String>,
+}
+
+#[derive(Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub database_url: String,
+    pub jwt_secret: String,
+    pub token_ttl: Duration,
+    pub dev_mode: bool,
+    pub llm: LlmConfig,
+    pub storage: StorageConfig,
+    pub limits: Limits,
+    pub system_prompt: String,
+    /// How often an idle chat stream gets a keep-alive comment.
+    pub keepalive: Duration,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("dev_mode", &self.dev_mode)
+            .field("llm", &self.llm)
+            .field("storage", &self.storage)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+const DEFAULT_SYSTEM_PROMPT: &str = "You are a patient in a simulated clinic consultation. \
+Answer the clinician's questions in character, briefly and consistently.";
+
+const DEFAULT_UPLOAD_TYPES: &str =
+    "text/plain,text/markdown,text/csv,application/json,application/pdf,image/png,image/jpeg";
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Config, ConfigError> {
+        Config::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Parses configuration from any variable lookup (pure: tests pass a map).
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let env = Env(&get);
+        let dev_mode = env.flag("API_DEV_MODE")?;
+        Ok(Config {
+            listen: env.parsed("API_LISTEN", "0.0.0.0:8000")?,
+            database_url: env.required("DATABASE_URL")?,
+            jwt_secret: jwt_secret(&env, dev_mode)?,
+            token_ttl: Duration::from_secs(env.parsed("JWT_TTL_SECONDS", "86400")?),
+            dev_mode,
+            llm: LlmConfig {
+                base_url: env
+                    .required("LLM_BASE_URL")?
+                    .trim_end_matches('/')
+                    .to_owned(),
+                model: env.required("LLM_MODEL")?,
+                api_key: env.optional("LLM_API_KEY"),
+                connect_timeout: env.millis("LLM_CONNECT_TIMEOUT_MS", "5000")?,
+                first_token_timeout: env.millis("LLM_FIRST_TOKEN_TIMEOUT_MS", "60000")?,
+                idle_timeout: env.millis("LLM_IDLE_TIMEOUT_MS", "30000")?,
+                max_tokens: env.parsed("LLM_MAX_TOKENS", "512")?,
+            },
+            storage: storage(&env)?,
+            limits: Limits {
+                json_body_bytes: env.parsed("API_MAX_BODY_BYTES", "65536")?,
+                upload_bytes: env.parsed("API_MAX_UPLOAD_BYTES", "10485760")?,
+                message_chars: env.parsed("API_MAX_MESSAGE_CHARS", "8000")?,
+                streams_per_user: env.parsed("API_STREAMS_PER_USER", "2")?,
+                history_messages: env.parsed("API_HISTORY_MESSAGES", "20")?,
+                upload_types: env
+                    .or("API_UPLOAD_TYPES", DEFAULT_UPLOAD_TYPES)
+                    .split(',')
+                    .map(|t| t.trim().to_ascii_lowercase())
+                    .filter(|t| !t.is_empty())
+                    .collect(),
+            },
+            system_prompt: env.or("API_SYSTEM_PROMPT", DEFAULT_SYSTEM_PROMPT),
+            keepalive: env.millis("API_SSE_KEEPALIVE_MS", "15000")?,
+        })
+    }
+}
+
+fn jwt_secret(env: &Env<'_>, dev_mode: bool) -> Result<String, ConfigError> {
+    match env.optional("JWT_SECRET") {
+        Some(secret) if secret.len() >= MIN_SECRET_LEN => Ok(secret),
+        Some(_) => Err(ConfigError::Invalid {
+            name: "JWT_SECRET",
+            reason: format!("must be at least {MIN_SECRET_LEN} bytes"),
+        }),
+        None if dev_mode => {
+            tracing::warn!(
+                "API_DEV_MODE is on and JWT_SECRET is unset: using the PUBLIC development secret. \
+                 Tokens are forgeable by anyone. NEVER run this in production."
+            );
+            Ok(DEV_JWT_SECRET.to_owned())
+        }
+        None => Err(ConfigError::Missing("JWT_SECRET")),
+    }
+}
+
+fn storage(env: &Env<'_>) -> Result<StorageConfig, ConfigError> {
+    match env.or("STORAGE_BACKEND", "local").as_str() {
+        "local" => Ok(StorageConfig::Local {
+            dir: PathBuf::from(env.or("STORAGE_DIR", "./data/files")),
+        }),
+        "s3" => Ok(StorageConfig::S3 {
+            endpoint: env.required("S3_ENDPOINT")?,
+            bucket: env.required("S3_BUCKET")?,
+            region: env.or("S3_REGION", "garage"),
+            access_key_id: env.required("AWS_ACCESS_KEY_ID")?,
+            secret_access_key: env.required("AWS_SECRET_ACCESS_KEY")?,
+        }),
+        other => Err(ConfigError::Invalid {
+            name: "STORAGE_BACKEND",
+            reason: format!("{other:?} is neither \"local\" nor \"s3\""),
+        }),
+    }
+}
+
+/// The variable lookup with the parsing rules every variable shares.
+struct Env<'a>(&'a dyn Fn(&str) -> Option<String>);
+
+impl Env<'_> {
+    fn optional(&self, name: &str) -> Option<String> {
+        (self.0)(name).filter(|value| !value.is_empty())
+    }
+
+    fn required(&self, name: &'static str) -> Result<String, ConfigError> {
+        self.optional(name).ok_or(ConfigError::Missing(name))
+    }
+
+    fn or(&self, name: &str, default: &str) -> String {
+        self.optional(name).unwrap_or_else(|| default.to_owned())
+    }
+
+    fn parsed<T>(&self, name: &'static str, default: &str) -> Result<T, ConfigError>
+    where
+        T: std::str::FromStr,
+        T::Err: std::fmt::Display,
+    {
+        let raw = self.or(name, default);
+        raw.parse().map_err(|err| ConfigError::Invalid {
+            name,
+            reason: format!("{raw:?}: {err}"),
+        })
+    }
+
+    fn millis(&self, name: &'static str, default: &str) -> Result<Duration, ConfigError> {
+        self.parsed(name, default).map(Duration::from_millis)
+    }
+
+    fn flag(&self, name: &'static str) -> Result<bool, ConfigError> {
+        match self.or(name, "0").as_str() {
+            "1" | "true" => Ok(true),
+            "0" | "false" => Ok(false),
+            other => Err(ConfigError::Invalid {
+                name,
+                reason: format!("{other:?} is not one of 1, true, 0, false"),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn parse(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Config::from_lookup(|name| map.get(name).cloned())
+    }
+
+    const BASE: &[(&str, &str)] = &[
+        ("DATABASE_URL", "postgres://db/app"),
+        ("JWT_SECRET", "0123456789abcdef0123456789abcdef"),
+        ("LLM_BASE_URL", "http://inference:8001/v1/"),
+        ("LLM_MODEL", "qwen"),
+    ];
+
+    #[test]
+    fn minimal_environment_parses_with_defaults() {
+        let config = parse(BASE).expect("valid");
+        assert_eq!(config.listen.port(), 8000);
+        assert_eq!(config.llm.base_url, "http://inference:8001/v1");
+        assert!(matches!(config.storage, StorageConfig::Local { .. }));
+    }
+
+    #[test]
+    fn missing_variable_is_named() {
+        let vars: Vec<_> = BASE
+            .iter()
+            .copied()
+            .filter(|(k, _)| *k != "LLM_MODEL")
+            .collect();
+        assert_eq!(
+            parse(&vars).expect_err("missing"),
+            ConfigError::Missing("LLM_MODEL")
+        );
+    }
+
+    #[test]
+    fn no_default_secret_outside_dev_mode() {
+        let vars: Vec<_> = BASE
+            .iter()
+            .copied()
+            .filter(|(k, _)| *k != "JWT_SECRET")
+            .collect();
+        assert_eq!(
+            parse(&vars).expect_err("no secret"),
+            ConfigError::Missing("JWT_SECRET")
+        );
+        let mut dev = vars.clone();
+        dev.push(("API_DEV_MODE", "1"));
+        assert_eq!(parse(&dev).expect("dev").jwt_secret, DEV_JWT_SECRET);
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let mut vars = BASE.to_vec();
+        vars.push(("API_LISTEN", "nowhere"));
+        let err = parse(&vars).expect_err("bad");
+        assert!(err.to_string().contains("API_LISTEN"), "{err}");
+        let mut vars = BASE.to_vec();
+        vars.push(("STORAGE_BACKEND", "s3"));
+        assert_eq!(
+            parse(&vars).expect_err("s3 needs endpoint"),
+            ConfigError::Missing("S3_ENDPOINT")
+        );
+        let mut vars: Vec<_> = BASE
+            .iter()
+            .copied()
+            .filter(|(k, _)| *k != "JWT_SECRET")
+            .collect();
+        vars.push(("JWT_SECRET", "short"));
+        let err = parse(&vars).expect_err("short secret");
+        assert!(err.to_string().contains("JWT_SECRET"), "{err}");
+    }
+
+    #[test]
+    fn debug_output_hides_secrets() {
+        let mut vars = BASE.to_vec();
+        vars.push(("LLM_API_KEY", "sk-very-secret"));
+        let shown = format!("{:?}", parse(&vars).expect("valid"));
+        assert!(!shown.contains("sk-very-secret"), "{shown}");
+        assert!(!shown.contains("0123456789abcdef"), "{shown}");
+    }
+}

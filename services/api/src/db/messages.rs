@@ -1,0 +1,113 @@
+//! The `messages` table: the turns of a chat session, in order.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+pub struct Message {
+    pub id: Uuid,
+    pub role: String,
+    pub content: String,
+    pub status: String,
+    pub prompt_tokens: Option<i32>,
+    pub completion_tokens: Option<i32>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// How an assistant reply ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyStatus {
+    Complete,
+    /// The client disconnected or the LLM failed before the reply finished.
+    Partial,
+}
+
+impl ReplyStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            ReplyStatus::Complete => "complete",
+            ReplyStatus::Partial => "partial",
+        }
+    }
+}
+
+/// Token counts the LLM reported.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Usage {
+    pub prompt_tokens: i32,
+    pub completion_tokens: i32,
+}
+
+macro_rules! columns {
+    () => {
+        "id, role, content, status, prompt_tokens, completion_tokens, created_at"
+    };
+}
+
+pub async fn insert_user_message(
+    pool: &PgPool,
+    session_id: Uuid,
+    content: &str,
+) -> Result<Message, sqlx::Error> {
+    sqlx::query_as::<_, Message>(concat!(
+        "INSERT INTO messages (id, session_id, role, content) VALUES ($1, $2, 'user', $3) \
+         RETURNING ",
+        columns!()
+    ))
+    .bind(Uuid::new_v4())
+    .bind(session_id)
+    .bind(content)
+    .fetch_one(pool)
+    .await
+}
+
+pub async fn insert_reply(
+    pool: &PgPool,
+    session_id: Uuid,
+    content: &str,
+    status: ReplyStatus,
+    usage: Option<Usage>,
+) -> Result<Message, sqlx::Error> {
+    sqlx::query_as::<_, Message>(concat!("INSERT INTO messages (id, session_id, role, content, status, prompt_tokens, completion_tokens) \
+         VALUES ($1, $2, 'assistant', $3, $4, $5, $6) RETURNING ", columns!()))
+    .bind(Uuid::new_v4())
+    .bind(session_id)
+    .bind(content)
+    .bind(status.as_str())
+    .bind(usage.map(|u| u.prompt_tokens))
+    .bind(usage.map(|u| u.completion_tokens))
+    .fetch_one(pool)
+    .await
+}
+
+/// Every message of a session, oldest first.
+pub async fn list(pool: &PgPool, session_id: Uuid) -> Result<Vec<Message>, sqlx::Error> {
+    sqlx::query_as::<_, Message>(concat!(
+        "SELECT ",
+        columns!(),
+        " FROM messages WHERE session_id = $1 ORDER BY seq"
+    ))
+    .bind(session_id)
+    .fetch_all(pool)
+    .await
+}
+
+/// The last `limit` messages of a session, oldest first (the prompt's history window).
+pub async fn recent(
+    pool: &PgPool,
+    session_id: Uuid,
+    limit: i64,
+) -> Result<Vec<Message>, sqlx::Error> {
+    let mut newest_first = sqlx::query_as::<_, Message>(concat!(
+        "SELECT ",
+        columns!(),
+        " FROM messages WHERE session_id = $1 ORDER BY seq DESC LIMIT $2"
+    ))
+    .bind(session_id)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    newest_first.reverse();
+    Ok(newest_first)
+}

@@ -1,0 +1,331 @@
+//! What the api's integration tests run for real: a PostgreSQL cluster (initdb + postgres on a
+//! temporary directory and a free port), the s3s-fs S3 server, an OpenAI-compatible streaming
+//! endpoint, and the `api` binary itself. Every process is owned by a `ProcessGuard`.
+//!
+//! The OpenAI-compatible endpoint ([`llm`]) runs inside the test and streams chunks in OpenAI's
+//! exact wire format. It stands in for the `inference` binary until that lands on main; then the
+//! tests that need a real model will start `inference` instead.
+
+#![allow(dead_code)]
+
+pub mod llm;
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use testkit::ProcessGuard;
+
+/// A PostgreSQL cluster owned by the test.
+pub struct Postgres {
+    pub url: String,
+    _server: ProcessGuard,
+    _dir: tempfile::TempDir,
+}
+
+/// The uid and gid of the `postgres` account, to run initdb as when the test runs as root
+/// (initdb refuses root).
+fn postgres_account() -> Option<(u32, u32)> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    let line = passwd.lines().find(|l| l.starts_with("postgres:"))?;
+    let fields: Vec<&str> = line.split(':').collect();
+    Some((fields.get(2)?.parse().ok()?, fields.get(3)?.parse().ok()?))
+}
+
+fn as_postgres_user(command: &mut Command, dir: &Path) {
+    if testkit::is_root() {
+        let (uid, gid) = postgres_account().expect("running as root needs a postgres account");
+        std::os::unix::fs::chown(dir, Some(uid), Some(gid)).expect("chown the cluster directory");
+        command.uid(uid).gid(gid);
+    }
+}
+
+/// A PostgreSQL server program: on PATH, or where Debian's `postgresql` package puts it
+/// (`/usr/lib/postgresql/<newest>/bin`, not on PATH).
+fn postgres_program(name: &str) -> Option<PathBuf> {
+    if let Some(path) = testkit::find_program(name) {
+        return Some(path);
+    }
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok().map(|e| e.path().join("bin").join(name)))
+                .collect()
+        })
+        .unwrap_or_default();
+    versions.sort();
+    versions
+        .into_iter()
+        .rev()
+        .find(|p| p.is_file())
+        .or_else(|| testkit::require_tool(name, "apt-get install postgresql"))
+}
+
+impl Postgres {
+    /// Starts a fresh cluster, or `None` (test skipped) when PostgreSQL is not installed.
+    pub fn start() -> Option<Postgres> {
+        let initdb = postgres_program("initdb")?;
+        let postgres = postgres_program("postgres")?;
+        let dir = tempfile::Builder::new()
+            .prefix("cairn-pg")
+            .tempdir()
+            .expect("tempdir");
+        let data = dir.path().join("data");
+        let mut init = Command::new(initdb);
+        init.args([
+            "--auth=trust",
+            "--username=postgres",
+            "--no-sync",
+            "--encoding=UTF8",
+            "-D",
+        ])
+        .arg(&data)
+        .stdout(Stdio::null());
+        as_postgres_user(&mut init, dir.path());
+        let status = init.status().expect("run initdb");
+        assert!(status.success(), "initdb failed: {status}");
+        let port = testkit::free_port();
+        let mut server = Command::new(postgres);
+        server
+            .arg("-D")
+            .arg(&data)
+            .args([
+                "-p",
+                &port.to_string(),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "fsync=off",
+            ])
+            .arg("-k")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        as_postgres_user(&mut server, dir.path());
+        let server = ProcessGuard::spawn("postgres", &mut server);
+        testkit::wait_for_port("postgres", port, Duration::from_secs(30));
+        Some(Postgres {
+            url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+            _server: server,
+            _dir: dir,
+        })
+    }
+}
+
+/// The s3s-fs S3 server with one bucket.
+pub struct S3Server {
+    pub endpoint: String,
+    pub bucket: String,
+    pub root: PathBuf,
+    _server: ProcessGuard,
+    _dir: tempfile::TempDir,
+}
+
+pub const S3_ACCESS_KEY: &str = "cairn-test-access";
+pub const S3_SECRET_KEY: &str = "cairn-test-secret-key-0123456789";
+
+impl S3Server {
+    pub fn start() -> Option<S3Server> {
+        let program =
+            testkit::require_tool("s3s-fs", "cargo install --locked s3s-fs --version 0.14.1 --features binary")?;
+        let dir = tempfile::Builder::new()
+            .prefix("cairn-s3")
+            .tempdir()
+            .expect("tempdir");
+        let bucket = "cairn-files".to_owned();
+        std::fs::create_dir_all(dir.path().join(&bucket)).expect("bucket directory");
+        let port = testkit::free_port();
+        let server = ProcessGuard::spawn(
+            "s3s-fs",
+            Command::new(program)
+                .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+                .args(["--access-key", S3_ACCESS_KEY, "--secret-key", S3_SECRET_KEY])
+                .arg(dir.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        );
+        testkit::wait_for_port("s3s-fs", port, Duration::from_secs(30));
+        Some(S3Server {
+            endpoint: format!("http://127.0.0.1:{port}"),
+            root: dir.path().to_owned(),
+            bucket,
+            _server: server,
+            _dir: dir,
+        })
+    }
+}
+
+pub const JWT_SECRET: &str = "test-secret-test-secret-test-secret!";
+
+/// The `api` binary, running against the given database and LLM.
+pub struct Api {
+    pub base: String,
+    pub port: u16,
+    pub guard: ProcessGuard,
+    pub storage_dir: tempfile::TempDir,
+}
+
+/// The environment every test api gets; `extra` overrides or adds.
+pub fn api_env(database_url: &str, llm_base: &str, storage: &Path) -> Vec<(String, String)> {
+    [
+        ("DATABASE_URL", database_url),
+        ("JWT_SECRET", JWT_SECRET),
+        ("LLM_BASE_URL", llm_base),
+        ("LLM_MODEL", "test-model"),
+        ("STORAGE_BACKEND", "local"),
+        ("STORAGE_DIR", storage.to_str().expect("utf-8 path")),
+        ("RUST_LOG", "warn"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
+}
+
+impl Api {
+    pub fn start(database_url: &str, llm_base: &str, extra: &[(&str, &str)]) -> Api {
+        let storage_dir = tempfile::Builder::new()
+            .prefix("cairn-files")
+            .tempdir()
+            .expect("tempdir");
+        let port = testkit::free_port();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_api"));
+        command
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .envs(api_env(database_url, llm_base, storage_dir.path()))
+            .env("API_LISTEN", format!("127.0.0.1:{port}"))
+            .envs(extra.iter().map(|(k, v)| (*k, *v)))
+            .stdout(Stdio::null());
+        let mut guard = ProcessGuard::spawn("api", &mut command);
+        testkit::wait_until("api", Duration::from_secs(60), || {
+            guard.assert_running();
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        Api {
+            base: format!("http://127.0.0.1:{port}"),
+            port,
+            guard,
+            storage_dir,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+}
+
+/// A reqwest client; reqwest is built with rustls and no provider, so install ring first.
+pub fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
+/// A small JSON client for the api.
+#[derive(Clone)]
+pub struct Client {
+    pub http: reqwest::Client,
+    pub base: String,
+    pub token: Option<String>,
+}
+
+/// Status and parsed JSON body (`Value::Null` when the body is not JSON).
+pub type Reply = (u16, Value);
+
+impl Client {
+    pub fn new(api: &Api) -> Client {
+        Client {
+            http: http_client(),
+            base: api.base.clone(),
+            token: None,
+        }
+    }
+
+    pub fn with_token(&self, token: &str) -> Client {
+        Client {
+            token: Some(token.to_owned()),
+            ..self.clone()
+        }
+    }
+
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let request = self.http.request(method, format!("{}{path}", self.base));
+        match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> Reply {
+        let response = request.send().await.expect("request sent");
+        let status = response.status().as_u16();
+        let text = response.text().await.expect("body");
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        self.send(self.request(reqwest::Method::GET, path)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> Reply {
+        self.send(self.request(reqwest::Method::DELETE, path)).await
+    }
+
+    pub async fn post_raw(&self, path: &str, body: impl Into<reqwest::Body>) -> Reply {
+        let request = self
+            .request(reqwest::Method::POST, path)
+            .header("content-type", "application/json")
+            .body(body);
+        self.send(request).await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> Reply {
+        self.post_raw(path, body.to_string()).await
+    }
+
+    /// Registers a user and returns a client carrying its token.
+    pub async fn register(&self, email: &str, password: &str) -> Client {
+        let (status, body) = self
+            .post(
+                "/api/auth/register",
+                &serde_json::json!({ "email": email, "password": password }),
+            )
+            .await;
+        assert_eq!(status, 201, "register {email}: {body}");
+        self.with_token(body["token"].as_str().expect("token"))
+    }
+}
+
+/// One server-sent event as the client saw it.
+#[derive(Debug, Clone)]
+pub struct SseEvent {
+    pub event: String,
+    pub data: Value,
+}
+
+/// Reads a whole SSE response into events; comment lines (keep-alives) are counted.
+pub fn parse_sse(text: &str) -> (Vec<SseEvent>, usize) {
+    let mut events = Vec::new();
+    let mut comments = 0;
+    for block in text.split("\n\n") {
+        let mut event = String::from("message");
+        let mut data = String::new();
+        for line in block.lines() {
+            if line.starts_with(':') {
+                comments += 1;
+            } else if let Some(name) = line.strip_prefix("event:") {
+                event = name.trim().to_owned();
+            } else if let Some(value) = line.strip_prefix("data:") {
+                data.push_str(value.trim_start());
+            }
+        }
+        if !data.is_empty() {
+            events.push(SseEvent {
+                event,
+                data: serde_json::from_str(&data).expect("event data is JSON"),
+            });
+        }
+    }
+    (events, comments)
+}

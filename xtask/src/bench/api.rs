@@ -1,0 +1,381 @@
+//! `cargo xtask bench api`: the release `api` binary under concurrent load from Debian's `wrk`,
+//! on two routes: `/api/health/ready` (a database round trip, a storage metadata request and an
+//! HTTP request to the LLM endpoint per call) and `GET /api/sessions?limit=20` with a bearer
+//! token (JWT verification plus two indexed queries over a user with 200 sessions).
+//!
+//! Everything is real and started here: a PostgreSQL cluster (initdb on a directory under
+//! `target/bench/api`), nginx answering `GET /v1/models` as the LLM endpoint the readiness check
+//! asks, the local-directory object store, and the api with `RUST_LOG=warn` (no per-request log
+//! line). It prints requests/s and p99 per route.
+
+use std::io::{Read, Write};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use testkit::ProcessGuard;
+use xshell::{Shell, cmd};
+
+use crate::project;
+
+#[derive(Debug, clap::Args)]
+pub struct ApiBenchArgs {
+    /// Seconds of load per route.
+    #[arg(long, default_value_t = 10)]
+    duration: u32,
+    /// Concurrent connections wrk keeps open.
+    #[arg(long, default_value_t = 64)]
+    connections: u32,
+    /// wrk threads.
+    #[arg(long, default_value_t = 2)]
+    threads: u32,
+    /// Sessions created for the benchmark user before the listing is measured.
+    #[arg(long, default_value_t = 200)]
+    sessions: u32,
+}
+
+/// One wrk run's result.
+#[derive(Debug, Clone, Copy)]
+struct Measurement {
+    requests_per_second: f64,
+    p99: Duration,
+}
+
+pub fn run(args: &ApiBenchArgs) -> Result<()> {
+    for tool in ["nginx", "wrk", "initdb", "postgres"] {
+        if find_tool(tool).is_none() {
+            bail!("{tool} is missing: apt-get install -y nginx wrk postgresql");
+        }
+    }
+    let root = project::root();
+    let sh = Shell::new()?;
+    sh.change_dir(&root);
+    cmd!(sh, "cargo build --release --locked -p api")
+        .run()
+        .context("building the release api")?;
+    let work = root.join("target/bench/api");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+
+    let (_postgres, database_url) = start_postgres(&work)?;
+    let llm_port = testkit::free_port();
+    let _llm = start_nginx(&work.join("llm"), llm_port)?;
+    let api_port = testkit::free_port();
+    let _api = start_api(
+        &root.join("target/release/api"),
+        &work,
+        api_port,
+        &database_url,
+        llm_port,
+    )?;
+
+    let token = seed(api_port, args.sessions)?;
+    let ready_url = format!("http://127.0.0.1:{api_port}/api/health/ready");
+    let list_url = format!("http://127.0.0.1:{api_port}/api/sessions?limit=20");
+    wrk(args, &ready_url, None, 2).context("warming up")?;
+    let ready = wrk(args, &ready_url, None, args.duration)?;
+    let list = wrk(args, &list_url, Some(&token), args.duration)?;
+    println!(
+        "\napi (release), {} connections, {} wrk threads, {} s per route, on {} cores:",
+        args.connections,
+        args.threads,
+        args.duration,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!(
+        "  GET /api/health/ready          {:>8.0} req/s  p99 {:.2?}",
+        ready.requests_per_second, ready.p99
+    );
+    println!(
+        "  GET /api/sessions?limit=20     {:>8.0} req/s  p99 {:.2?}  (authenticated, {} sessions)",
+        list.requests_per_second, list.p99, args.sessions
+    );
+    Ok(())
+}
+
+/// A program on PATH or in Debian's PostgreSQL directory.
+fn find_tool(program: &str) -> Option<std::path::PathBuf> {
+    testkit::find_program(program).or_else(|| {
+        let mut candidates: Vec<_> = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()?
+            .filter_map(|e| e.ok().map(|e| e.path().join("bin").join(program)))
+            .filter(|p| p.is_file())
+            .collect();
+        candidates.sort();
+        candidates.pop()
+    })
+}
+
+/// initdb refuses root: run the cluster as the `postgres` account then.
+fn as_postgres(command: &mut Command, dir: &Path) -> Result<()> {
+    if !testkit::is_root() {
+        return Ok(());
+    }
+    let passwd = std::fs::read_to_string("/etc/passwd").context("reading /etc/passwd")?;
+    let fields: Vec<&str> = passwd
+        .lines()
+        .find(|l| l.starts_with("postgres:"))
+        .context("running as root needs a postgres account in /etc/passwd")?
+        .split(':')
+        .collect();
+    let uid: u32 = fields
+        .get(2)
+        .and_then(|v| v.parse().ok())
+        .context("postgres uid")?;
+    let gid: u32 = fields
+        .get(3)
+        .and_then(|v| v.parse().ok())
+        .context("postgres gid")?;
+    std::os::unix::fs::chown(dir, Some(uid), Some(gid))
+        .with_context(|| format!("chown {}", dir.display()))?;
+    command.uid(uid).gid(gid);
+    Ok(())
+}
+
+fn start_postgres(work: &Path) -> Result<(ProcessGuard, String)> {
+    let dir = work.join("pg");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let data = dir.join("data");
+    let mut init = Command::new(find_tool("initdb").context("initdb")?);
+    init.args(["--auth=trust", "--username=postgres", "--no-sync", "-D"])
+        .arg(&data)
+        .stdout(Stdio::null());
+    as_postgres(&mut init, &dir)?;
+    let status = init.status().context("running initdb")?;
+    if !status.success() {
+        bail!("initdb -D {} failed: {status}", data.display());
+    }
+    let port = testkit::free_port();
+    let mut server = Command::new(find_tool("postgres").context("postgres")?);
+    server
+        .arg("-D")
+        .arg(&data)
+        .args([
+            "-p",
+            &port.to_string(),
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            "max_connections=100",
+        ])
+        .arg("-k")
+        .arg(&dir)
+        .stdout(Stdio::null());
+    as_postgres(&mut server, &dir)?;
+    let mut guard = ProcessGuard::spawn("postgres", &mut server);
+    wait_for_port(&mut guard, port)?;
+    Ok((
+        guard,
+        format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+    ))
+}
+
+/// An nginx master that stops with SIGTERM, so that its workers exit with it.
+struct Nginx(ProcessGuard);
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        self.0.terminate(Duration::from_secs(5));
+    }
+}
+
+/// nginx answering `GET /v1/models` like an OpenAI-compatible server: what readiness asks.
+fn start_nginx(prefix: &Path, port: u16) -> Result<Nginx> {
+    std::fs::create_dir_all(prefix.join("tmp"))
+        .with_context(|| format!("creating {}", prefix.display()))?;
+    let conf = format!(
+        "daemon off;\nworker_processes 1;\npid nginx.pid;\nerror_log stderr warn;\nevents {{ worker_connections 4096; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path tmp/body;\n  proxy_temp_path tmp/proxy;\n  fastcgi_temp_path tmp/fastcgi;\n  uwsgi_temp_path tmp/uwsgi;\n  scgi_temp_path tmp/scgi;\n\
+         server {{\n    listen 127.0.0.1:{port};\n    location = /v1/models {{ default_type application/json; return 200 '{{\"object\":\"list\",\"data\":[{{\"id\":\"bench\",\"object\":\"model\"}}]}}'; }}\n  }}\n}}\n"
+    );
+    let conf_path = prefix.join("nginx.conf");
+    std::fs::write(&conf_path, conf).with_context(|| format!("writing {}", conf_path.display()))?;
+    let mut prefix_arg = prefix.as_os_str().to_owned();
+    prefix_arg.push("/");
+    let mut guard = ProcessGuard::spawn(
+        "nginx",
+        Command::new("nginx")
+            .arg("-e")
+            .arg("stderr")
+            .arg("-p")
+            .arg(&prefix_arg)
+            .arg("-c")
+            .arg(&conf_path),
+    );
+    wait_for_port(&mut guard, port)?;
+    Ok(Nginx(guard))
+}
+
+fn start_api(
+    binary: &Path,
+    work: &Path,
+    port: u16,
+    database_url: &str,
+    llm_port: u16,
+) -> Result<ProcessGuard> {
+    let log = std::fs::File::create(work.join("api.log")).context("creating api.log")?;
+    let mut guard = ProcessGuard::spawn(
+        "api",
+        Command::new(binary)
+            .env("API_LISTEN", format!("127.0.0.1:{port}"))
+            .env("DATABASE_URL", database_url)
+            .env("JWT_SECRET", "bench-only-secret-bench-only-secret")
+            .env("LLM_BASE_URL", format!("http://127.0.0.1:{llm_port}/v1"))
+            .env("LLM_MODEL", "bench")
+            .env("STORAGE_BACKEND", "local")
+            .env("STORAGE_DIR", work.join("files"))
+            .env("RUST_LOG", "warn")
+            .stdout(log)
+            .stderr(Stdio::inherit()),
+    );
+    wait_for_port(&mut guard, port)?;
+    Ok(guard)
+}
+
+fn wait_for_port(guard: &mut ProcessGuard, port: u16) -> Result<()> {
+    for _ in 0..1500 {
+        guard.assert_running();
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("nothing listens on 127.0.0.1:{port} after 30 s")
+}
+
+/// One HTTP/1.1 POST with `Connection: close`; returns the status and the body.
+fn post(port: u16, path: &str, token: Option<&str>, body: &str) -> Result<(u16, String)> {
+    let mut stream =
+        std::net::TcpStream::connect(("127.0.0.1", port)).context("connecting to the api")?;
+    let auth = token
+        .map(|t| format!("authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n{auth}content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .context("sending a request")?;
+    let mut reply = String::new();
+    stream
+        .read_to_string(&mut reply)
+        .context("reading a reply")?;
+    let status = reply
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("no status line in {reply:.200}"))?;
+    let body = reply
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// Registers the benchmark user, creates its sessions, returns its token.
+fn seed(port: u16, sessions: u32) -> Result<String> {
+    let (status, body) = post(
+        port,
+        "/api/auth/register",
+        None,
+        r#"{"email":"bench@example.org","password":"bench-password"}"#,
+    )?;
+    if status != 201 {
+        bail!("registering the benchmark user: {status} {body}");
+    }
+    let token = body
+        .split("\"token\":\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .context("no token in the register reply")?
+        .to_owned();
+    for i in 0..sessions {
+        let (status, body) = post(
+            port,
+            "/api/sessions",
+            Some(&token),
+            &format!(r#"{{"title":"bench session {i}"}}"#),
+        )?;
+        if status != 201 {
+            bail!("creating session {i}: {status} {body}");
+        }
+    }
+    Ok(token)
+}
+
+fn wrk(args: &ApiBenchArgs, url: &str, token: Option<&str>, seconds: u32) -> Result<Measurement> {
+    let mut command = Command::new("wrk");
+    command
+        .arg(format!("-t{}", args.threads))
+        .arg(format!("-c{}", args.connections))
+        .arg(format!("-d{seconds}s"))
+        .arg("--latency");
+    if let Some(token) = token {
+        command
+            .arg("-H")
+            .arg(format!("Authorization: Bearer {token}"));
+    }
+    let output = command.arg(url).output().context("running wrk")?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        bail!(
+            "wrk failed on {url}: {text}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    parse_wrk(&text).with_context(|| format!("reading wrk's report for {url}:\n{text}"))
+}
+
+fn parse_wrk(text: &str) -> Result<Measurement> {
+    if let Some(line) = text
+        .lines()
+        .find(|l| l.contains("Non-2xx or 3xx responses"))
+    {
+        bail!("errors during the run: {}", line.trim());
+    }
+    let requests_per_second = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .context("no Requests/sec line")?;
+    let p99 = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("99%"))
+        .and_then(|v| parse_duration(v.trim()))
+        .context("no 99% latency line")?;
+    Ok(Measurement {
+        requests_per_second,
+        p99,
+    })
+}
+
+/// wrk's durations: `812.00us`, `3.21ms`, `1.02s`, `2.00m`.
+fn parse_duration(text: &str) -> Option<Duration> {
+    let split = text.find(|c: char| c.is_ascii_alphabetic())?;
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number.parse().ok()?;
+    let seconds = match unit {
+        "us" => value / 1e6,
+        "ms" => value / 1e3,
+        "s" => value,
+        "m" => value * 60.0,
+        _ => return None,
+    };
+    Some(Duration::from_secs_f64(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_wrk_reports() {
+        let report = "  Latency Distribution\n     50%  1.10ms\n     99%  812.00us\nRequests/sec:  24567.89\n";
+        let m = parse_wrk(report).expect("parsed");
+        assert_eq!(m.requests_per_second, 24567.89);
+        assert_eq!(m.p99, Duration::from_micros(812));
+        assert!(parse_wrk("Non-2xx or 3xx responses: 5\nRequests/sec: 1\n").is_err());
+    }
+}
