@@ -57,7 +57,14 @@ pub const CARGO_TOOLS: &[CargoTool] = &[
     // The S3 server the api's object-storage tests run (0.15+ needs Rust 1.96).
     CargoTool {
         program: "s3s-fs",
-        install_args: &["--locked", "s3s-fs", "--version", "0.14.1", "--features", "binary"],
+        install_args: &[
+            "--locked",
+            "s3s-fs",
+            "--version",
+            "0.14.1",
+            "--features",
+            "binary",
+        ],
     },
 ];
 

@@ -128,8 +128,10 @@ pub const S3_SECRET_KEY: &str = "cairn-test-secret-key-0123456789";
 
 impl S3Server {
     pub fn start() -> Option<S3Server> {
-        let program =
-            testkit::require_tool("s3s-fs", "cargo install --locked s3s-fs --version 0.14.1 --features binary")?;
+        let program = testkit::require_tool(
+            "s3s-fs",
+            "cargo install --locked s3s-fs --version 0.14.1 --features binary",
+        )?;
         let dir = tempfile::Builder::new()
             .prefix("cairn-s3")
             .tempdir()
