@@ -2,6 +2,8 @@
 //! DESIGN.md and lives in its own module; `main` only parses the command line and dispatches.
 
 mod project;
+mod push;
+mod registry;
 mod test;
 
 use clap::{Parser, Subcommand};
@@ -17,11 +19,14 @@ struct Cli {
 enum Command {
     /// Run the whole test suite: fmt, clippy, install missing tools, every test of the workspace.
     Test(test::TestArgs),
+    /// Push the images of an OCI layout to a registry (same digests as built).
+    Push(push::PushArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Test(args) => test::run(&args),
+        Command::Push(args) => push::run(&args),
     }
 }
