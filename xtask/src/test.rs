@@ -37,6 +37,23 @@ pub const DEBIAN_TOOLS: &[DebianTool] = &[
         program: "wrk",
         package: "wrk",
     },
+    // The push tests: the distribution registry, fixtures, round-trip checks, htpasswd.
+    DebianTool {
+        program: "docker-registry",
+        package: "docker-registry",
+    },
+    DebianTool {
+        program: "umoci",
+        package: "umoci",
+    },
+    DebianTool {
+        program: "skopeo",
+        package: "skopeo",
+    },
+    DebianTool {
+        program: "htpasswd",
+        package: "apache2-utils",
+    },
 ];
 
 /// A program the test suite runs that comes from crates.io, installed with `cargo install`.

@@ -21,7 +21,9 @@ pub enum Challenge {
 /// Parses a `WWW-Authenticate` header value; `None` for a scheme cairn does not speak.
 pub fn parse_challenge(header: &str) -> Option<Challenge> {
     let header = header.trim();
-    let (scheme, rest) = header.split_once(char::is_whitespace).unwrap_or((header, ""));
+    let (scheme, rest) = header
+        .split_once(char::is_whitespace)
+        .unwrap_or((header, ""));
     let params = parse_params(rest);
     if scheme.eq_ignore_ascii_case("basic") {
         return Some(Challenge::Basic);
@@ -32,7 +34,13 @@ pub fn parse_challenge(header: &str) -> Option<Challenge> {
     let realm = params.get("realm")?.clone();
     let scopes = params
         .get("scope")
-        .map(|scope| scope.split(' ').filter(|s| !s.is_empty()).map(str::to_owned).collect())
+        .map(|scope| {
+            scope
+                .split(' ')
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
         .unwrap_or_default();
     Some(Challenge::Bearer {
         realm,
@@ -119,7 +127,12 @@ mod tests {
     #[test]
     fn parses_bearer_with_several_scopes_and_escapes() {
         let header = r#"bearer realm="http://127.0.0.1:9/t\"x", scope="repository:a:pull repository:b:pull,push", error="insufficient_scope""#;
-        let Some(Challenge::Bearer { realm, service, scopes }) = parse_challenge(header) else {
+        let Some(Challenge::Bearer {
+            realm,
+            service,
+            scopes,
+        }) = parse_challenge(header)
+        else {
             panic!("not bearer");
         };
         assert_eq!(realm, "http://127.0.0.1:9/t\"x");
@@ -129,9 +142,16 @@ mod tests {
 
     #[test]
     fn parses_basic_and_rejects_unknown() {
-        assert_eq!(parse_challenge(r#"Basic realm="Registry Realm""#), Some(Challenge::Basic));
+        assert_eq!(
+            parse_challenge(r#"Basic realm="Registry Realm""#),
+            Some(Challenge::Basic)
+        );
         assert_eq!(parse_challenge("Negotiate"), None);
-        assert_eq!(parse_challenge(r#"Bearer service="x""#), None, "bearer without realm");
+        assert_eq!(
+            parse_challenge(r#"Bearer service="x""#),
+            None,
+            "bearer without realm"
+        );
     }
 
     #[test]
@@ -141,12 +161,18 @@ mod tests {
         else {
             panic!("not bearer");
         };
-        assert_eq!((realm.as_str(), service.as_deref()), ("https://a/token", Some("reg")));
+        assert_eq!(
+            (realm.as_str(), service.as_deref()),
+            ("https://a/token", Some("reg"))
+        );
     }
 
     #[test]
     fn scopes_merge_sorted() {
-        let ours = vec![scope("ns/api", Access::PullPush), scope("ns/gateway", Access::Pull)];
+        let ours = vec![
+            scope("ns/api", Access::PullPush),
+            scope("ns/gateway", Access::Pull),
+        ];
         let challenged = vec![scope("ns/api", Access::PullPush)];
         assert_eq!(
             merge_scopes(&ours, &challenged),

@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
-use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue, LOCATION, WWW_AUTHENTICATE};
+use reqwest::header::{
+    AUTHORIZATION, HeaderMap, HeaderName, HeaderValue, LOCATION, WWW_AUTHENTICATE,
+};
 use reqwest::{Method, Response, StatusCode, Url};
 
 use super::auth::{self, Challenge};
@@ -41,7 +43,10 @@ impl RetryPolicy {
     /// that four parallel uploads do not hammer a recovering registry in step.
     pub fn delay(&self, attempt: u32) -> Duration {
         let exponent = attempt.saturating_sub(1).min(16);
-        let raw = self.base_delay.saturating_mul(1 << exponent).min(self.max_delay);
+        let raw = self
+            .base_delay
+            .saturating_mul(1 << exponent)
+            .min(self.max_delay);
         raw.mul_f64(0.5 + fastrand::f64())
     }
 }
@@ -161,10 +166,13 @@ impl Client {
 
     /// Resolves a `Location` header (absolute or relative to the registry).
     pub fn location(&self, response: &Response) -> Result<Url> {
-        let value = response
-            .headers()
-            .get(LOCATION)
-            .with_context(|| format!("{} answered {} without a Location", self.host, response.status()))?;
+        let value = response.headers().get(LOCATION).with_context(|| {
+            format!(
+                "{} answered {} without a Location",
+                self.host,
+                response.status()
+            )
+        })?;
         let text = value.to_str().context("Location header is not text")?;
         self.base
             .join(text)
@@ -274,7 +282,11 @@ impl Client {
     }
 
     async fn authorization(&self, scopes: &[String]) -> Result<Option<String>> {
-        let challenge = self.challenge.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let challenge = self
+            .challenge
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         match challenge {
             None => Ok(None),
             Some(Challenge::Basic) => Ok(self.credentials.as_ref().map(basic_header)),
@@ -283,10 +295,17 @@ impl Client {
                 // mount's source): a challenge's hint never widens what a token may do.
                 let wanted = auth::merge_scopes(scopes, &[]);
                 let key = scope_key(&wanted);
-                if let Some(token) = self.tokens.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+                if let Some(token) = self
+                    .tokens
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&key)
+                {
                     return Ok(Some(format!("Bearer {token}")));
                 }
-                let token = self.fetch_token(&realm, service.as_deref(), &wanted).await?;
+                let token = self
+                    .fetch_token(&realm, service.as_deref(), &wanted)
+                    .await?;
                 self.tokens
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -296,9 +315,15 @@ impl Client {
         }
     }
 
-    async fn fetch_token(&self, realm: &str, service: Option<&str>, scopes: &[String]) -> Result<String> {
-        let mut url = Url::parse(realm)
-            .with_context(|| format!("registry {}: token realm {realm:?} is not a URL", self.host))?;
+    async fn fetch_token(
+        &self,
+        realm: &str,
+        service: Option<&str>,
+        scopes: &[String],
+    ) -> Result<String> {
+        let mut url = Url::parse(realm).with_context(|| {
+            format!("registry {}: token realm {realm:?} is not a URL", self.host)
+        })?;
         {
             let mut query = url.query_pairs_mut();
             if let Some(service) = service {
@@ -321,7 +346,10 @@ impl Client {
                 Ok(response) if !response.status().is_server_error() => {
                     let status = response.status();
                     let body = response.text().await.unwrap_or_default();
-                    bail!("token server {realm} refused scopes {scopes:?}: {status}: {}", body.trim());
+                    bail!(
+                        "token server {realm} refused scopes {scopes:?}: {status}: {}",
+                        body.trim()
+                    );
                 }
                 Ok(response) => response.status().to_string(),
                 Err(err) => describe_transport_error(&err),
@@ -374,7 +402,10 @@ async fn parse_token(response: Response, realm: &str) -> Result<String> {
 fn basic_header(credentials: &Credentials) -> String {
     use base64::Engine as _;
     let pair = format!("{}:{}", credentials.username, credentials.secret);
-    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair))
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(pair)
+    )
 }
 
 fn describe_transport_error(err: &reqwest::Error) -> String {
@@ -389,7 +420,10 @@ fn describe_transport_error(err: &reqwest::Error) -> String {
 }
 
 fn tracing_retry(host: &str, request: &Request, reason: &str, attempt: u32) {
-    eprintln!("retry {attempt}: registry {host}: {} ({reason})", request.what);
+    eprintln!(
+        "retry {attempt}: registry {host}: {} ({reason})",
+        request.what
+    );
 }
 
 #[cfg(test)]

@@ -187,8 +187,9 @@ fn from_helper(helper: &str, host: &str) -> Result<Option<(Credentials, Source)>
         }
         bail!("{program} get for {host} failed with {}", output.status);
     }
-    let answer: HelperAnswer = serde_json::from_slice(&output.stdout)
-        .with_context(|| format!("{program} get for {host}: answer is not {{Username, Secret}} JSON"))?;
+    let answer: HelperAnswer = serde_json::from_slice(&output.stdout).with_context(|| {
+        format!("{program} get for {host}: answer is not {{Username, Secret}} JSON")
+    })?;
     Ok(Some((
         Credentials {
             username: answer.username,
@@ -218,9 +219,11 @@ mod tests {
         assert_eq!(credentials.username, "user");
         assert_eq!(credentials.secret, "pa:ss");
         assert_eq!(source, Source::DockerConfig(PathBuf::from("c.json")));
-        assert!(from_docker_config(&config, Path::new("c.json"), "reg.example")
-            .expect("resolves")
-            .is_none());
+        assert!(
+            from_docker_config(&config, Path::new("c.json"), "reg.example")
+                .expect("resolves")
+                .is_none()
+        );
     }
 
     #[test]
@@ -229,7 +232,10 @@ mod tests {
         let err = from_docker_config(&config, Path::new("/x/config.json"), "reg")
             .expect_err("bad base64");
         let text = format!("{err:#}");
-        assert!(text.contains("/x/config.json") && text.contains("reg"), "{text}");
+        assert!(
+            text.contains("/x/config.json") && text.contains("reg"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -81,7 +81,11 @@ impl Layout {
     pub fn open(root: &Path) -> Result<Layout> {
         let marker = root.join("oci-layout");
         let marker_text = std::fs::read_to_string(&marker).with_context(|| {
-            format!("{} is not an OCI image layout (reading {})", root.display(), marker.display())
+            format!(
+                "{} is not an OCI image layout (reading {})",
+                root.display(),
+                marker.display()
+            )
         })?;
         if !marker_text.contains("imageLayoutVersion") {
             bail!("{}: no imageLayoutVersion field", marker.display());
@@ -154,7 +158,10 @@ impl Layout {
         depth: usize,
     ) -> Result<()> {
         if depth > 4 {
-            bail!("manifests nested deeper than 4 levels at {}", descriptor.digest);
+            bail!(
+                "manifests nested deeper than 4 levels at {}",
+                descriptor.digest
+            );
         }
         let bytes = self.read_verified(descriptor)?;
         let manifest: ImageManifest = serde_json::from_slice(&bytes)
@@ -220,7 +227,11 @@ pub fn check_digest(digest: &str) -> Result<()> {
     let hex = digest
         .strip_prefix("sha256:")
         .with_context(|| format!("digest {digest:?} is not sha256"))?;
-    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+    if hex.len() != 64
+        || !hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
         bail!("digest {digest:?} is not sha256:<64 lowercase hex digits>");
     }
     Ok(())

@@ -42,7 +42,9 @@ pub struct RegistryTarget {
 impl RegistryTarget {
     pub fn parse(text: &str) -> Result<RegistryTarget> {
         if text.contains("://") {
-            bail!("--registry {text:?}: write HOST[:PORT]/NAMESPACE without a scheme (use --plain-http for http)");
+            bail!(
+                "--registry {text:?}: write HOST[:PORT]/NAMESPACE without a scheme (use --plain-http for http)"
+            );
         }
         let (host, namespace) = text.split_once('/').unwrap_or((text, ""));
         if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c == '@') {
@@ -74,7 +76,10 @@ fn check_name_component(component: &str) -> Result<()> {
         && component
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
-        && component.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric());
+        && component
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric());
     if !valid {
         bail!("{component:?} is not a repository name component ([a-z0-9] then [a-z0-9._-])");
     }
@@ -84,7 +89,9 @@ fn check_name_component(component: &str) -> Result<()> {
 /// Checks a tag against the distribution grammar `[A-Za-z0-9_][A-Za-z0-9._-]{0,127}`.
 pub fn check_tag(tag: &str) -> Result<()> {
     let valid = (1..=128).contains(&tag.len())
-        && tag.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        && tag
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
         && !tag.starts_with(['.', '-']);
     if !valid {
         bail!("tag {tag:?} is not valid ([A-Za-z0-9_][A-Za-z0-9._-]{{0,127}})");
@@ -180,7 +187,10 @@ pub fn push(layout: &Layout, options: &PushOptions) -> Result<PushReport> {
     }
     let plans = layout.plans(&options.images)?;
     if plans.is_empty() {
-        bail!("the layout names no image (no {} annotation in index.json)", layout::REF_NAME);
+        bail!(
+            "the layout names no image (no {} annotation in index.json)",
+            layout::REF_NAME
+        );
     }
     for plan in &plans {
         check_name_component(&plan.name)
@@ -188,7 +198,10 @@ pub fn push(layout: &Layout, options: &PushOptions) -> Result<PushReport> {
     }
     let credentials = credentials::resolve(&options.target.host)?;
     if let Some((_, source)) = &credentials {
-        eprintln!("registry {}: using credentials from {source:?}", options.target.host);
+        eprintln!(
+            "registry {}: using credentials from {source:?}",
+            options.target.host
+        );
     }
     if options.transport == Transport::PlainHttp {
         eprintln!(
@@ -258,7 +271,11 @@ async fn push_all(
         bail!("push failed:\n  {}", failures.join("\n  "));
     }
     images.sort_by_key(|(index, _)| *index);
-    let mut report = push.totals.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let mut report = push
+        .totals
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
     report.images = images.into_iter().map(|(_, image)| image).collect();
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
@@ -270,13 +287,20 @@ async fn push_image(push: &Arc<Push>, plan: ImagePlan) -> Result<ImageReport> {
     let digest = root.descriptor.digest.clone();
     let mut stale_tags = Vec::new();
     for tag in &push.options.tags {
-        if manifest_digest(&push.client, &repository, tag).await?.as_deref() != Some(digest.as_str()) {
+        if manifest_digest(&push.client, &repository, tag)
+            .await?
+            .as_deref()
+            != Some(digest.as_str())
+        {
             stale_tags.push(tag.clone());
         }
     }
     let outcome = if stale_tags.is_empty() {
         ImageOutcome::Unchanged
-    } else if manifest_digest(&push.client, &repository, &digest).await?.is_some() {
+    } else if manifest_digest(&push.client, &repository, &digest)
+        .await?
+        .is_some()
+    {
         ImageOutcome::Tagged
     } else {
         push_blobs(push, &repository, &plan).await?;
@@ -301,7 +325,12 @@ async fn push_image(push: &Arc<Push>, plan: ImagePlan) -> Result<ImageReport> {
     Ok(ImageReport {
         name: plan.name.clone(),
         reference: format!("{host}/{repository}@{digest}"),
-        tags: push.options.tags.iter().map(|tag| format!("{host}/{repository}:{tag}")).collect(),
+        tags: push
+            .options
+            .tags
+            .iter()
+            .map(|tag| format!("{host}/{repository}:{tag}"))
+            .collect(),
         repository,
         digest,
         outcome,
@@ -332,7 +361,11 @@ async fn push_blobs(push: &Arc<Push>, repository: &str, plan: &ImagePlan) -> Res
 async fn push_shared_blob(push: &Push, mut job: BlobJob) -> Result<()> {
     let claim = push.ledger.claim(&job.descriptor.digest);
     if let Claim::Follow(mut holder) = claim {
-        let source = holder.wait_for(Option::is_some).await.ok().and_then(|v| v.clone().flatten());
+        let source = holder
+            .wait_for(Option::is_some)
+            .await
+            .ok()
+            .and_then(|v| v.clone().flatten());
         job.mount_from = source.filter(|repository| *repository != job.repository);
         let outcome = push_one_blob(push, &job).await;
         return outcome.map(|_| ());
@@ -347,8 +380,14 @@ async fn push_shared_blob(push: &Push, mut job: BlobJob) -> Result<()> {
 }
 
 async fn push_one_blob(push: &Push, job: &BlobJob) -> Result<BlobOutcome> {
-    let _permit = push.permits.acquire().await.context("upload slots closed")?;
-    let display = push.progress.blob(&job.repository, &job.descriptor.digest, job.descriptor.size);
+    let _permit = push
+        .permits
+        .acquire()
+        .await
+        .context("upload slots closed")?;
+    let display = push
+        .progress
+        .blob(&job.repository, &job.descriptor.digest, job.descriptor.size);
     let options = UploadOptions {
         chunk_size: push.options.chunk_size,
     };
@@ -363,7 +402,11 @@ async fn push_one_blob(push: &Push, job: &BlobJob) -> Result<BlobOutcome> {
             totals.blobs_mounted += 1;
             display.finish(&format!("mounted from {from}"));
         }
-        BlobOutcome::Uploaded { bytes_sent, resumed, restarted } => {
+        BlobOutcome::Uploaded {
+            bytes_sent,
+            resumed,
+            restarted,
+        } => {
             totals.blobs_uploaded += 1;
             totals.bytes_uploaded += job.descriptor.size;
             totals.bytes_sent += bytes_sent;
@@ -401,7 +444,11 @@ impl Ledger {
 }
 
 /// HEAD `/v2/<repo>/manifests/<reference>`: the digest the registry holds under it, if any.
-async fn manifest_digest(client: &Client, repository: &str, reference: &str) -> Result<Option<String>> {
+async fn manifest_digest(
+    client: &Client,
+    repository: &str,
+    reference: &str,
+) -> Result<Option<String>> {
     let request = Request::new(
         Method::HEAD,
         client.url(&format!("{repository}/manifests/{reference}"))?,
@@ -423,7 +470,12 @@ async fn manifest_digest(client: &Client, repository: &str, reference: &str) -> 
 
 /// PUT `/v2/<repo>/manifests/<reference>` with the manifest's exact bytes; checks that the
 /// registry computed the same digest.
-async fn put_manifest(client: &Client, repository: &str, reference: &str, manifest: &ManifestBlob) -> Result<()> {
+async fn put_manifest(
+    client: &Client,
+    repository: &str,
+    reference: &str,
+    manifest: &ManifestBlob,
+) -> Result<()> {
     let media_type = if manifest.descriptor.media_type.is_empty() {
         "application/vnd.oci.image.manifest.v1+json"
     } else {

@@ -124,8 +124,14 @@ async fn mount(client: &Client, job: &BlobJob, from: &str) -> Result<Mount> {
     let request = Request::new(
         Method::POST,
         url,
-        vec![auth::scope(repository, Access::PullPush), auth::scope(from, Access::Pull)],
-        format!("mount {} from {from} into {repository}", job.descriptor.digest),
+        vec![
+            auth::scope(repository, Access::PullPush),
+            auth::scope(from, Access::Pull),
+        ],
+        format!(
+            "mount {} from {from} into {repository}",
+            job.descriptor.digest
+        ),
     )
     .header(CONTENT_LENGTH, "0")?;
     let response = client.send(&request).await?;
@@ -212,7 +218,12 @@ impl Upload<'_> {
                 Method::PATCH,
                 self.location.clone(),
                 self.scopes(),
-                format!("PATCH {} bytes {offset}-{} of {}", self.job.repository, end - 1, self.digest()),
+                format!(
+                    "PATCH {} bytes {offset}-{} of {}",
+                    self.job.repository,
+                    end - 1,
+                    self.digest()
+                ),
             )
             .header(CONTENT_TYPE, "application/octet-stream")?
             .header(CONTENT_RANGE, &format!("{offset}-{}", end - 1))?
@@ -224,7 +235,9 @@ impl Upload<'_> {
                     offset = end;
                     self.progress.set_position(offset);
                 }
-                Attempt::Answered(response) if response.status() == StatusCode::RANGE_NOT_SATISFIABLE => {
+                Attempt::Answered(response)
+                    if response.status() == StatusCode::RANGE_NOT_SATISFIABLE =>
+                {
                     self.fail("416 range not satisfiable").await?;
                     offset = self.resume_offset().await?;
                 }
@@ -294,7 +307,8 @@ impl Upload<'_> {
                 self.failures
             );
         }
-        self.progress.note(&format!("{reason}; retrying ({}/{retries})", self.failures));
+        self.progress
+            .note(&format!("{reason}; retrying ({}/{retries})", self.failures));
         tokio::time::sleep(self.client.retry.delay(self.failures)).await;
         Ok(())
     }
@@ -317,17 +331,32 @@ impl Upload<'_> {
         );
         let response = self.client.send(&request).await?;
         if response.status() == StatusCode::NO_CONTENT {
-            let offset = received_offset(response.headers().get("range").and_then(|v| v.to_str().ok()))
-                .with_context(|| format!("registry {}: upload status without a usable Range", self.client.host()))?;
+            let offset = received_offset(
+                response
+                    .headers()
+                    .get("range")
+                    .and_then(|v| v.to_str().ok()),
+            )
+            .with_context(|| {
+                format!(
+                    "registry {}: upload status without a usable Range",
+                    self.client.host()
+                )
+            })?;
             self.location = self.client.location(&response)?;
             self.resumed += 1;
             self.progress.note(&format!("resuming at byte {offset}"));
             self.progress.set_position(offset);
             return Ok(offset);
         }
-        if matches!(response.status(), StatusCode::NOT_FOUND | StatusCode::BAD_REQUEST) {
+        if matches!(
+            response.status(),
+            StatusCode::NOT_FOUND | StatusCode::BAD_REQUEST
+        ) {
             let answer = self.client.status_error(&request, response).await;
-            self.progress.note(&format!("session lost ({answer:#}); starting again from byte 0"));
+            self.progress.note(&format!(
+                "session lost ({answer:#}); starting again from byte 0"
+            ));
             self.location = start_upload(self.client, &self.job.repository).await?;
             self.restarted += 1;
             self.progress.set_position(0);
