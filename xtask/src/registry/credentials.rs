@@ -112,10 +112,10 @@ fn from_docker_config(
     if let Some(helper) = config.cred_helpers.get(host) {
         return from_helper(helper, host);
     }
-    if let Some(helper) = &config.creds_store {
-        if let Some(found) = from_helper(helper, host)? {
-            return Ok(Some(found));
-        }
+    if let Some(helper) = &config.creds_store
+        && let Some(found) = from_helper(helper, host)?
+    {
+        return Ok(Some(found));
     }
     let entry = config
         .auths

@@ -497,14 +497,14 @@ async fn put_manifest(
         .headers()
         .get("docker-content-digest")
         .and_then(|v| v.to_str().ok());
-    if let Some(stored) = stored {
-        if stored != manifest.descriptor.digest {
-            bail!(
-                "registry {}: {repository}:{reference} stored as {stored}, built as {}",
-                client.host(),
-                manifest.descriptor.digest
-            );
-        }
+    if let Some(stored) = stored
+        && stored != manifest.descriptor.digest
+    {
+        bail!(
+            "registry {}: {repository}:{reference} stored as {stored}, built as {}",
+            client.host(),
+            manifest.descriptor.digest
+        );
     }
     Ok(())
 }
