@@ -1,6 +1,7 @@
 //! `cargo xtask`: cairn's build tool. Each subcommand is one stage of the pipeline in
 //! DESIGN.md and lives in its own module; `main` only parses the command line and dispatches.
 
+mod bench;
 mod project;
 mod push;
 mod registry;
@@ -21,6 +22,8 @@ enum Command {
     Test(test::TestArgs),
     /// Push the images of an OCI layout to a registry (same digests as built).
     Push(push::PushArgs),
+    /// Run a benchmark against the real alternative (`cargo xtask bench push`).
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -28,5 +31,6 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Test(args) => test::run(&args),
         Command::Push(args) => push::run(&args),
+        Command::Bench(args) => bench::run(&args),
     }
 }
