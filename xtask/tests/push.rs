@@ -137,16 +137,69 @@ fn basic_auth_over_tls_with_a_test_ca() {
         "the test CA is not a system root"
     );
 
-    let report = support::push(
+    let env_credentials = [
+        ("CAIRN_REGISTRY_USERNAME", "pusher"),
+        ("CAIRN_REGISTRY_PASSWORD", "s3cret-pw"),
+    ];
+    let gateway = support::push(
+        &layout,
+        &target,
+        &["--ca-file", ca, "gateway"],
+        &env_credentials,
+    );
+    assert_eq!(gateway["images"].as_array().expect("images").len(), 1);
+    // Pushed alone later, api mounts the layer it shares with gateway from team/gateway.
+    let api = support::push(
+        &layout,
+        &target,
+        &["--ca-file", ca, "api"],
+        &env_credentials,
+    );
+    assert_eq!(api["blobs_mounted"], 1, "{api}");
+
+    // Again, with the secret from a Docker credential helper: nothing changed, nothing sent.
+    let helpers = dir.path().join("helpers");
+    std::fs::create_dir_all(&helpers).expect("helpers dir");
+    let helper = helpers.join("docker-credential-cairntest");
+    std::fs::write(
+        &helper,
+        format!(
+            "#!/bin/sh\nread host\n[ \"$host\" = \"{}\" ] || {{ echo 'credentials not found in native keychain'; exit 1; }}\necho '{{\"Username\":\"pusher\",\"Secret\":\"s3cret-pw\"}}'\n",
+            registry.host()
+        ),
+    )
+    .expect("write helper");
+    std::fs::set_permissions(&helper, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod helper");
+    let docker_config = dir.path().join("docker-config");
+    std::fs::create_dir_all(&docker_config).expect("docker config dir");
+    std::fs::write(
+        docker_config.join("config.json"),
+        format!(r#"{{"credHelpers":{{"{}":"cairntest"}}}}"#, registry.host()),
+    )
+    .expect("write config.json");
+    let path = format!(
+        "{}:{}",
+        helpers.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let again = support::push(
         &layout,
         &target,
         &["--ca-file", ca],
         &[
-            ("CAIRN_REGISTRY_USERNAME", "pusher"),
-            ("CAIRN_REGISTRY_PASSWORD", "s3cret-pw"),
+            ("PATH", path.as_str()),
+            ("DOCKER_CONFIG", docker_config.to_str().expect("utf-8")),
         ],
     );
-    assert_eq!(report["images"].as_array().expect("images").len(), 2);
+    assert!(
+        again["images"]
+            .as_array()
+            .expect("images")
+            .iter()
+            .all(|i| i["outcome"] == "unchanged"),
+        "{again}"
+    );
     let access = SkopeoAccess {
         flags: vec![
             format!("--cert-dir={}", pki.cert_dir.display()),

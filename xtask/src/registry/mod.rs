@@ -219,7 +219,37 @@ pub fn push(layout: &Layout, options: &PushOptions) -> Result<PushReport> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(push_all(layout, client, plans, options))
+    let holders = other_holders(layout, &plans, &options.target);
+    runtime.block_on(push_all(layout, client, plans, holders, options))
+}
+
+/// For each blob, the repositories of layout images NOT pushed this time that contain it:
+/// mount sources for a partial push (`push api` after `push gateway`). A candidate that turns
+/// out not to hold the blob costs nothing: the registry answers a failed mount by opening the
+/// upload session the push needed anyway.
+fn other_holders(
+    layout: &Layout,
+    pushed: &[ImagePlan],
+    target: &RegistryTarget,
+) -> HashMap<String, Vec<String>> {
+    let mut holders: HashMap<String, Vec<String>> = HashMap::new();
+    // Images left out of this push are only read for their blob lists: a broken one must not
+    // stop the push of the others.
+    let Ok(all) = layout.plans(&[]) else {
+        return holders;
+    };
+    for plan in all
+        .iter()
+        .filter(|p| pushed.iter().all(|q| q.name != p.name))
+    {
+        for blob in &plan.blobs {
+            holders
+                .entry(blob.digest.clone())
+                .or_default()
+                .push(target.repository(&plan.name));
+        }
+    }
+    holders
 }
 
 /// Shared by every task of one push.
@@ -230,6 +260,8 @@ struct Push {
     progress: Progress,
     permits: Semaphore,
     ledger: Ledger,
+    /// Mount candidates outside this push, by blob digest.
+    holders: HashMap<String, Vec<String>>,
     totals: Mutex<PushReport>,
 }
 
@@ -237,6 +269,7 @@ async fn push_all(
     layout: &Layout,
     client: Client,
     plans: Vec<ImagePlan>,
+    holders: HashMap<String, Vec<String>>,
     options: &PushOptions,
 ) -> Result<PushReport> {
     let started = Instant::now();
@@ -248,6 +281,7 @@ async fn push_all(
         progress: Progress::new(options.progress),
         permits: Semaphore::new(options.jobs.max(1)),
         ledger: Ledger::default(),
+        holders,
         totals: Mutex::new(PushReport {
             registry: options.target.host.clone(),
             ..PushReport::default()
@@ -373,6 +407,10 @@ async fn push_shared_blob(push: &Push, mut job: BlobJob) -> Result<()> {
     let Claim::Lead(sender) = claim else {
         unreachable!("claim is Lead or Follow");
     };
+    job.mount_from = push
+        .holders
+        .get(&job.descriptor.digest)
+        .and_then(|repositories| repositories.first().cloned());
     let outcome = push_one_blob(push, &job).await;
     let holder = outcome.as_ref().ok().map(|_| job.repository.clone());
     sender.send_replace(Some(holder));
