@@ -356,3 +356,36 @@ fn faults_503_and_a_dropped_connection_resume_the_large_blob() {
         );
     }
 }
+
+#[test]
+fn a_partial_chunk_left_in_the_registry_restarts_the_blob_and_leaves_nothing_corrupt() {
+    if !support::tools_present() {
+        return;
+    }
+    let dir = scratch("partial");
+    let layout = support::build_layout(dir.path(), 12);
+    let registry = Registry::start(dir.path(), RegistryAuth::None, RegistryTls::Plain);
+    let faults = vec![Fault {
+        method: Method::PATCH,
+        path_part: "/uploads/",
+        nth: 2,
+        kind: FaultKind::DropMidBodyForwarded,
+    }];
+    let proxy = Proxy::start(registry.port, faults);
+    let target = format!("{}/cairn", proxy.addr);
+    let report = support::push(&layout, &target, &["--plain-http", "--chunk-mib", "4"], &[]);
+    // distribution 2.8 holds the partial bytes, refuses the stale upload state and cancels
+    // the session: the blob starts again in a new session, and the registry stays clean.
+    assert_eq!(report["restarts"], 1, "{report}");
+    assert!(registry.assert_blobs_intact() >= 5);
+    for name in ["gateway", "api"] {
+        support::assert_round_trip(
+            &layout,
+            &target,
+            name,
+            "latest",
+            &plain_access(),
+            dir.path(),
+        );
+    }
+}

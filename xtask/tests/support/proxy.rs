@@ -29,6 +29,9 @@ pub enum FaultKind {
     Unavailable,
     /// Read half of the body, then drop the connection without forwarding or answering.
     DropMidBody,
+    /// Forward the head and half of the body to the registry, then drop both connections
+    /// (what a proxy without request buffering does when the client's line breaks).
+    DropMidBodyForwarded,
 }
 
 /// One request as the proxy saw it.
@@ -137,8 +140,15 @@ async fn handle(
         if let Ok(data) = frame.into_data() {
             received.extend_from_slice(&data);
         }
-        if fault == Some(FaultKind::DropMidBody) && received.len() as u64 >= declared / 2 {
+        let cut = matches!(
+            fault,
+            Some(FaultKind::DropMidBody | FaultKind::DropMidBodyForwarded)
+        );
+        if cut && received.len() as u64 >= declared / 2 {
             record(received.len() as u64, fault);
+            if fault == Some(FaultKind::DropMidBodyForwarded) {
+                forward_partial(state, &parts, &path, &received[..(declared / 2) as usize]).await?;
+            }
             return Err(std::io::Error::other("fault: connection dropped mid-body"));
         }
     }
@@ -173,6 +183,39 @@ fn pick_fault(state: &State, method: &Method, path: &str) -> Option<FaultKind> {
                 && counters.get(&(fault.method.clone(), fault.path_part)) == Some(&fault.nth)
         })
         .map(|fault| fault.kind)
+}
+
+/// Sends the request head with its full Content-Length but only `partial` of the body to the
+/// registry, then ends the connection.
+async fn forward_partial(
+    state: &State,
+    parts: &hyper::http::request::Parts,
+    path: &str,
+    partial: &[u8],
+) -> Result<(), std::io::Error> {
+    use tokio::io::AsyncWriteExt as _;
+    let upstream = state.upstream.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(upstream).await?;
+    let mut head = format!("{} {path} HTTP/1.1\r\n", parts.method);
+    for (name, value) in &parts.headers {
+        head.push_str(&format!(
+            "{name}: {}\r\n",
+            value.to_str().map_err(std::io::Error::other)?
+        ));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(partial).await?;
+    // Half-close: the registry reads the partial body up to EOF, fails the request and closes;
+    // waiting for that close means it has taken in (and kept) what arrived.
+    stream.shutdown().await?;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut answer),
+    )
+    .await;
+    Ok(())
 }
 
 async fn forward(
