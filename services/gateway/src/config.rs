@@ -281,7 +281,7 @@ fn resolve(
             "trusted_proxies",
             parse_net,
         )?
-        .unwrap_or_else(|| vec![IpNet::from(std::net::IpAddr::from([127, 0, 0, 1]))]);
+        .unwrap_or_else(default_trusted_proxies);
     Ok(Config {
         listen,
         api,
@@ -519,6 +519,22 @@ impl Lookup<'_> {
             None => Ok(file),
         }
     }
+}
+
+/// Loopback and the private ranges: the gateway is reachable only through nginx on an internal
+/// (Docker) network, whose address is not known in advance.
+fn default_trusted_proxies() -> Vec<IpNet> {
+    [
+        "127.0.0.0/8",
+        "::1/128",
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "fc00::/7",
+    ]
+    .iter()
+    .filter_map(|net| net.parse().ok())
+    .collect()
 }
 
 fn split_list(value: &str) -> impl Iterator<Item = &str> {

@@ -40,7 +40,7 @@
 //! | `GATEWAY_RATE_CHAT` | `rate_limits.chat` | `60/m,burst=10` | Extra quota of `/v1/chat/completions` and `/v1/completions`. |
 //! | `GATEWAY_MAX_BODY_BYTES` | `max_body_bytes` | `10485760` | Largest request body (413 beyond). |
 //! | `GATEWAY_DRAIN_TIMEOUT_MS` | `drain_timeout_ms` | `10000` | After SIGTERM, how long open requests and streams may finish. |
-//! | `GATEWAY_TRUSTED_PROXIES` | `trusted_proxies` | `127.0.0.1` | Comma-separated IPs/CIDRs (nginx) whose `X-Forwarded-For` names the client. |
+//! | `GATEWAY_TRUSTED_PROXIES` | `trusted_proxies` | loopback and private ranges | Comma-separated IPs/CIDRs (nginx) whose `X-Forwarded-For` names the client; the default trusts `127.0.0.0/8, ::1, 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, fc00::/7` because the gateway is reachable only through nginx on an internal network. |
 //! | `GATEWAY_API_KEYS` | `api_keys` | unset | Comma-separated keys accepted as `Authorization: Bearer KEY` on `/v1`. |
 //! | `JWT_SECRET` | `jwt_secret` | unset | The api's HS256 secret; its tokens are accepted on `/v1`. At least one of the two must be set. |
 //! | `RUST_LOG` | | `info` | Log filter. |

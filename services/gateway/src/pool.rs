@@ -134,6 +134,10 @@ pub struct Pool {
 
 impl Pool {
     pub fn new(service: Service, config: &PoolConfig, rules: HealthCheckConfig) -> Self {
+        for upstream in &config.upstreams {
+            metrics::gauge!("gateway_upstream_healthy", "service" => service.name(), "upstream" => upstream.url())
+                .set(1.0);
+        }
         Pool {
             service,
             instances: config
