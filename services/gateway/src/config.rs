@@ -674,6 +674,19 @@ mod tests {
     }
 
     #[test]
+    fn example_file_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("gateway.example.toml");
+        let e = env(&[
+            ("GATEWAY_CONFIG", path.to_str().expect("utf-8")),
+            ("JWT_SECRET", "x"),
+        ]);
+        let config = load(&e).expect("the example is valid");
+        assert_eq!(config.api.upstreams[0].url(), "http://api:8000");
+        assert_eq!(config.inference.response_timeout, Duration::from_secs(120));
+        assert_eq!(config.trusted_proxies, default_trusted_proxies());
+    }
+
+    #[test]
     fn bad_value_in_file_names_line_and_key_and_env_wins() {
         let path = write_file(
             "values.toml",

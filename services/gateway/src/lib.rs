@@ -15,6 +15,7 @@
 //!
 //! Environment variables, optionally on top of a TOML file named by `GATEWAY_CONFIG` (the
 //! environment wins). Unknown keys in the file are an error naming the file, line and key.
+//! `services/gateway/gateway.example.toml` shows every key (a test keeps it valid).
 //!
 //! | Variable | TOML key | Default | Meaning |
 //! |---|---|---|---|
