@@ -22,7 +22,7 @@ enum Command {
     Test(test::TestArgs),
     /// Push the images of an OCI layout to a registry (same digests as built).
     Push(push::PushArgs),
-    /// Run a benchmark against the real alternative (`cargo xtask bench push`).
+    /// Run a benchmark against the real alternative (`cargo xtask bench gateway|push`).
     Bench(bench::BenchArgs),
 }
 
