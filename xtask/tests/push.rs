@@ -389,3 +389,60 @@ fn a_partial_chunk_left_in_the_registry_restarts_the_blob_and_leaves_nothing_cor
         );
     }
 }
+
+#[test]
+fn an_image_index_goes_up_with_its_exact_bytes_after_its_children() {
+    if !support::tools_present() {
+        return;
+    }
+    let dir = scratch("index");
+    let layout = support::build_layout(dir.path(), 1);
+    let child = support::layout_digest(&layout, "gateway");
+    let child_path = layout
+        .join("blobs/sha256")
+        .join(child.trim_start_matches("sha256:"));
+    let child_bytes = std::fs::read(&child_path).expect("child manifest");
+    // Valid but unusual formatting: the registry must get these bytes, not a re-serialisation.
+    let index = format!(
+        "{{\n   \"schemaVersion\" : 2,\n \"mediaType\": \"application/vnd.oci.image.index.v1+json\",\n  \"manifests\": [ {{ \"mediaType\": \"application/vnd.oci.image.manifest.v1+json\", \"digest\": \"{child}\", \"size\": {}, \"platform\": {{ \"os\": \"linux\", \"architecture\": \"amd64\" }} }} ]\n}}\n",
+        child_bytes.len()
+    );
+    let digest = support::hex_sha256(index.as_bytes());
+    std::fs::write(layout.join("blobs/sha256").join(&digest), &index).expect("write index blob");
+    let index_json = layout.join("index.json");
+    let mut top: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&index_json).expect("index.json")).expect("parses");
+    top["manifests"]
+        .as_array_mut()
+        .expect("manifests")
+        .push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": format!("sha256:{digest}"),
+            "size": index.len(),
+            "annotations": { "org.opencontainers.image.ref.name": "multi" }
+        }));
+    std::fs::write(&index_json, top.to_string()).expect("write index.json");
+
+    let registry = Registry::start(dir.path(), RegistryAuth::None, RegistryTls::Plain);
+    let target = format!("{}/cairn", registry.host());
+    let report = support::push(&layout, &target, &["--plain-http", "multi"], &[]);
+    assert_eq!(
+        report["images"][0]["digest"],
+        format!("sha256:{digest}").as_str()
+    );
+    let raw = |reference: &str| {
+        let output = Command::new("skopeo")
+            .args(["inspect", "--raw", "--tls-verify=false"])
+            .arg(format!("docker://{target}/{reference}"))
+            .output()
+            .expect("run skopeo inspect --raw");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        output.stdout
+    };
+    assert_eq!(raw("multi:latest"), index.as_bytes());
+    assert_eq!(raw(&format!("multi@{child}")), child_bytes);
+}

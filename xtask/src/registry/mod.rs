@@ -177,8 +177,18 @@ pub struct PushReport {
     pub seconds: f64,
 }
 
-/// Pushes the images of `layout` chosen by `options`; see the module doc.
+/// Pushes the images of `layout` chosen by `options`; see the module doc. It runs its own
+/// async runtime: call `push_async` from async code.
 pub fn push(layout: &Layout, options: &PushOptions) -> Result<PushReport> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(push_async(layout, options))
+}
+
+/// `push` for callers that already run inside a tokio runtime.
+pub async fn push_async(layout: &Layout, options: &PushOptions) -> Result<PushReport> {
     if options.tags.is_empty() {
         bail!("push needs at least one tag");
     }
@@ -215,12 +225,8 @@ pub fn push(layout: &Layout, options: &PushOptions) -> Result<PushReport> {
         credentials.map(|(c, _)| c),
         options.retry,
     )?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
     let holders = other_holders(layout, &plans, &options.target);
-    runtime.block_on(push_all(layout, client, plans, holders, options))
+    push_all(layout, client, plans, holders, options).await
 }
 
 /// For each blob, the repositories of layout images NOT pushed this time that contain it:
