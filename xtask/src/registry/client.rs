@@ -198,8 +198,8 @@ impl Client {
                 Attempt::Answered(response) => return Ok(response),
                 Attempt::Transient(reason) if attempt < self.retry.retries => {
                     attempt += 1;
+                    report_retry(&self.host, request, &reason, attempt);
                     tokio::time::sleep(self.retry.delay(attempt)).await;
-                    tracing_retry(&self.host, request, &reason, attempt);
                 }
                 Attempt::Transient(reason) => bail!(
                     "registry {}: {} failed after {} attempts: {reason}",
@@ -231,7 +231,12 @@ impl Client {
                 }
             }
             if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+                // A registry that says how long to back off is believed, up to the cap.
+                let wait = retry_after(&response).map(|wait| wait.min(self.retry.max_delay));
                 let body = response.text().await.unwrap_or_default();
+                if let Some(wait) = wait {
+                    tokio::time::sleep(wait).await;
+                }
                 return Ok(Attempt::Transient(format!("{status}: {}", body.trim())));
             }
             return Ok(Attempt::Answered(response));
@@ -419,7 +424,19 @@ fn describe_transport_error(err: &reqwest::Error) -> String {
     text
 }
 
-fn tracing_retry(host: &str, request: &Request, reason: &str, attempt: u32) {
+/// `Retry-After: <seconds>` (the HTTP-date form is rare from registries and is ignored).
+fn retry_after(response: &Response) -> Option<Duration> {
+    let value = response.headers().get(reqwest::header::RETRY_AFTER)?;
+    value
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+        .map(Duration::from_secs)
+}
+
+fn report_retry(host: &str, request: &Request, reason: &str, attempt: u32) {
     eprintln!(
         "retry {attempt}: registry {host}: {} ({reason})",
         request.what
