@@ -281,7 +281,13 @@ fn faults_503_and_a_dropped_connection_resume_the_large_blob() {
     let big_mib = 24;
     let chunk_mib = 4;
     let layout = support::build_layout(dir.path(), big_mib);
-    let registry = Registry::start(dir.path(), RegistryAuth::None, RegistryTls::Plain);
+    // Relative Location headers, as registries behind some proxies answer.
+    let registry = Registry::start_with(
+        dir.path(),
+        RegistryAuth::None,
+        RegistryTls::Plain,
+        "  relativeurls: true\n",
+    );
     let faults = vec![
         Fault {
             method: Method::PATCH,

@@ -54,12 +54,23 @@ pub struct Registry {
 
 impl Registry {
     pub fn start(dir: &Path, auth: RegistryAuth, tls: RegistryTls) -> Registry {
+        Registry::start_with(dir, auth, tls, "")
+    }
+
+    /// `start` with extra lines for the `http:` section (two-space indented).
+    pub fn start_with(
+        dir: &Path,
+        auth: RegistryAuth,
+        tls: RegistryTls,
+        http_extra: &str,
+    ) -> Registry {
         let port = testkit::free_port();
         let root = dir.join("registry-data");
         let mut config = format!(
             "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: cairn-test-secret\n",
             root.display()
         );
+        config.push_str(http_extra);
         if let RegistryTls::Tls { cert, key } = tls {
             config.push_str(&format!(
                 "  tls:\n    certificate: {}\n    key: {}\n",
