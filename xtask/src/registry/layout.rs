@@ -95,9 +95,15 @@ impl Layout {
             .with_context(|| format!("reading {}", index_path.display()))?;
         let index: ImageIndex = serde_json::from_slice(&index_text)
             .with_context(|| format!("parsing {}", index_path.display()))?;
+        let mut names = BTreeSet::new();
         for entry in &index.manifests {
             check_digest(&entry.digest)
                 .with_context(|| format!("{}: manifests entry", index_path.display()))?;
+            if let Some(name) = entry.annotations.get(REF_NAME)
+                && !names.insert(name.as_str())
+            {
+                bail!("{}: two images are named {name:?}", index_path.display());
+            }
         }
         Ok(Layout {
             root: root.to_path_buf(),
@@ -246,6 +252,75 @@ mod tests {
         assert!(check_digest(&format!("sha256:{}", "a".repeat(64))).is_ok());
         assert!(check_digest("sha256:../../etc/passwd").is_err());
         assert!(check_digest(&format!("sha512:{}", "a".repeat(64))).is_err());
+    }
+
+    /// A layout with one image `app`: a config blob and a manifest naming it with `size`.
+    fn tiny_layout(dir: &Path, config_size_claimed: usize, names: &[&str]) -> String {
+        let blobs = dir.join("blobs/sha256");
+        std::fs::create_dir_all(&blobs).expect("blobs dir");
+        std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#)
+            .expect("oci-layout");
+        let config = b"{}";
+        let config_digest = sha256_digest(config);
+        std::fs::write(blobs.join(&config_digest[7..]), config).expect("config");
+        let manifest = format!(
+            r#"{{"schemaVersion":2,"config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config_digest}","size":{config_size_claimed}}},"layers":[]}}"#
+        );
+        let digest = sha256_digest(manifest.as_bytes());
+        std::fs::write(blobs.join(&digest[7..]), &manifest).expect("manifest");
+        let entries: Vec<String> = names
+            .iter()
+            .map(|name| {
+                format!(
+                    r#"{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{digest}","size":{},"annotations":{{"{REF_NAME}":"{name}"}}}}"#,
+                    manifest.len()
+                )
+            })
+            .collect();
+        std::fs::write(
+            dir.join("index.json"),
+            format!(
+                r#"{{"schemaVersion":2,"manifests":[{}]}}"#,
+                entries.join(",")
+            ),
+        )
+        .expect("index.json");
+        digest
+    }
+
+    #[test]
+    fn plans_an_image_and_names_what_is_wrong() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let digest = tiny_layout(dir.path(), 2, &["app"]);
+        let layout = Layout::open(dir.path()).expect("opens");
+        let plans = layout.plans(&[]).expect("plans");
+        assert_eq!(plans[0].name, "app");
+        assert_eq!(plans[0].root().descriptor.digest, digest);
+        assert_eq!(plans[0].blobs.len(), 1);
+        let missing = layout.plans(&["nope".into()]).expect_err("no such image");
+        assert!(
+            format!("{missing:#}").contains("\"nope\"") && format!("{missing:#}").contains("app")
+        );
+
+        let wrong_size = tempfile::tempdir().expect("temp dir");
+        tiny_layout(wrong_size.path(), 3, &["app"]);
+        let err = Layout::open(wrong_size.path())
+            .expect("opens")
+            .plans(&[])
+            .expect_err("size");
+        assert!(format!("{err:#}").contains("2 bytes on disk"), "{err:#}");
+
+        let twice = tempfile::tempdir().expect("temp dir");
+        tiny_layout(twice.path(), 2, &["app", "app"]);
+        let err = Layout::open(twice.path()).expect_err("duplicate names");
+        assert!(
+            format!("{err:#}").contains("two images are named"),
+            "{err:#}"
+        );
+
+        let empty = tempfile::tempdir().expect("temp dir");
+        let err = Layout::open(empty.path()).expect_err("not a layout");
+        assert!(format!("{err:#}").contains("oci-layout"), "{err:#}");
     }
 
     #[test]
