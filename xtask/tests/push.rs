@@ -319,6 +319,13 @@ fn faults_503_and_a_dropped_connection_resume_the_large_blob() {
             nth: 1,
             kind: FaultKind::Unavailable,
         },
+        // A blob PUT (a monolithic upload or the final PUT of the chunked one).
+        Fault {
+            method: Method::PUT,
+            path_part: "/blobs/uploads/",
+            nth: 2,
+            kind: FaultKind::Unavailable,
+        },
     ];
     let proxy = Proxy::start(registry.port, faults);
     let target = format!("{}/cairn", proxy.addr);
@@ -332,7 +339,7 @@ fn faults_503_and_a_dropped_connection_resume_the_large_blob() {
 
     let seen = proxy.seen();
     let injected = seen.iter().filter(|s| s.fault.is_some()).count();
-    assert_eq!(injected, 5, "every fault fired: {seen:?}");
+    assert_eq!(injected, 6, "every fault fired: {seen:?}");
     assert!(
         report["resumes"].as_u64().expect("resumes") >= 2,
         "{report}"
@@ -345,7 +352,7 @@ fn faults_503_and_a_dropped_connection_resume_the_large_blob() {
         .map(|s| s.body_bytes)
         .sum();
     let resent = received - uploaded;
-    let upload_faults = 2;
+    let upload_faults = 3;
     assert!(
         resent <= upload_faults * chunk_mib * MIB,
         "bytes sent again: {resent}, more than one chunk per failure"

@@ -180,8 +180,9 @@ impl Upload<'_> {
         &self.job.descriptor.digest
     }
 
-    /// One PUT with the whole blob; a failure opens a fresh session and sends it again
-    /// (a small blob is at most one chunk, so that is the most a failure costs).
+    /// One PUT with the whole blob. After a failure the same session is used again when the
+    /// registry says it holds nothing of it, a fresh one otherwise; either way the blob is sent
+    /// again whole (a small blob is at most one chunk, so that is the most a failure costs).
     async fn monolithic(&mut self) -> Result<()> {
         let body = read_range(&self.job.path, 0, self.job.descriptor.size).await?;
         loop {
@@ -199,8 +200,10 @@ impl Upload<'_> {
                     if self.committed().await? {
                         return Ok(());
                     }
-                    self.location = start_upload(self.client, &self.job.repository).await?;
-                    self.restarted += 1;
+                    if self.resume_offset().await? != 0 {
+                        self.location = start_upload(self.client, &self.job.repository).await?;
+                        self.restarted += 1;
+                    }
                 }
             }
         }
