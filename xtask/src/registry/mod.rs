@@ -399,28 +399,28 @@ async fn push_blobs(push: &Arc<Push>, repository: &str, plan: &ImagePlan) -> Res
 /// Pushes one blob, once per push: the first repository that needs a blob uploads it, the
 /// others wait for it and mount it from there.
 async fn push_shared_blob(push: &Push, mut job: BlobJob) -> Result<()> {
-    let claim = push.ledger.claim(&job.descriptor.digest);
-    if let Claim::Follow(mut holder) = claim {
-        let source = holder
-            .wait_for(Option::is_some)
-            .await
-            .ok()
-            .and_then(|v| v.clone().flatten());
-        job.mount_from = source.filter(|repository| *repository != job.repository);
-        let outcome = push_one_blob(push, &job).await;
-        return outcome.map(|_| ());
+    match push.ledger.claim(&job.descriptor.digest) {
+        Claim::Follow(mut holder) => {
+            // A closed channel (the leader's task died) reads as "nobody holds it".
+            let source = holder
+                .wait_for(Option::is_some)
+                .await
+                .ok()
+                .and_then(|announced| announced.clone().flatten());
+            job.mount_from = source.filter(|repository| *repository != job.repository);
+            push_one_blob(push, &job).await.map(|_| ())
+        }
+        Claim::Lead(sender) => {
+            job.mount_from = push
+                .holders
+                .get(&job.descriptor.digest)
+                .and_then(|repositories| repositories.first().cloned());
+            let outcome = push_one_blob(push, &job).await;
+            let holder = outcome.as_ref().ok().map(|_| job.repository.clone());
+            sender.send_replace(Some(holder));
+            outcome.map(|_| ())
+        }
     }
-    let Claim::Lead(sender) = claim else {
-        unreachable!("claim is Lead or Follow");
-    };
-    job.mount_from = push
-        .holders
-        .get(&job.descriptor.digest)
-        .and_then(|repositories| repositories.first().cloned());
-    let outcome = push_one_blob(push, &job).await;
-    let holder = outcome.as_ref().ok().map(|_| job.repository.clone());
-    sender.send_replace(Some(holder));
-    outcome.map(|_| ())
 }
 
 async fn push_one_blob(push: &Push, job: &BlobJob) -> Result<BlobOutcome> {
