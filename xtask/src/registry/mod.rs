@@ -9,7 +9,9 @@ pub mod auth;
 pub mod client;
 pub mod credentials;
 pub mod layout;
+pub mod manifest;
 pub mod progress;
+pub mod target;
 pub mod upload;
 
 use std::collections::HashMap;
@@ -17,87 +19,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use bytes::Bytes;
-use reqwest::header::{ACCEPT, CONTENT_TYPE};
-use reqwest::{Method, StatusCode};
 use serde::Serialize;
 use tokio::sync::{Semaphore, watch};
 
-use self::auth::Access;
-use self::client::{Client, Request, RetryPolicy, Transport};
-use self::layout::{ImagePlan, Layout, ManifestBlob};
+use self::client::{Client, RetryPolicy, Transport};
+use self::layout::{ImagePlan, Layout};
+use self::manifest::{manifest_digest, put_manifest};
 use self::progress::{Progress, ProgressMode};
+use self::target::check_name_component;
+pub use self::target::{RegistryTarget, check_tag};
 use self::upload::{BlobJob, BlobOutcome, UploadOptions};
-
-/// The manifest media types a registry may hold for an image.
-const MANIFEST_TYPES: &str = "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json";
-
-/// `HOST[:PORT]/NAMESPACE`: where images go. Image `api` lands in `NAMESPACE/api`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RegistryTarget {
-    pub host: String,
-    pub namespace: String,
-}
-
-impl RegistryTarget {
-    pub fn parse(text: &str) -> Result<RegistryTarget> {
-        if text.contains("://") {
-            bail!(
-                "--registry {text:?}: write HOST[:PORT]/NAMESPACE without a scheme (use --plain-http for http)"
-            );
-        }
-        let (host, namespace) = text.split_once('/').unwrap_or((text, ""));
-        if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c == '@') {
-            bail!("--registry {text:?}: the host is empty or malformed");
-        }
-        let namespace = namespace.trim_end_matches('/');
-        for component in namespace.split('/').filter(|_| !namespace.is_empty()) {
-            check_name_component(component)
-                .with_context(|| format!("--registry {text:?}: namespace"))?;
-        }
-        Ok(RegistryTarget {
-            host: host.to_owned(),
-            namespace: namespace.to_owned(),
-        })
-    }
-
-    /// The repository an image named `name` is pushed to.
-    pub fn repository(&self, name: &str) -> String {
-        if self.namespace.is_empty() {
-            name.to_owned()
-        } else {
-            format!("{}/{name}", self.namespace)
-        }
-    }
-}
-
-fn check_name_component(component: &str) -> Result<()> {
-    let valid = !component.is_empty()
-        && component
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
-        && component
-            .bytes()
-            .next()
-            .is_some_and(|b| b.is_ascii_alphanumeric());
-    if !valid {
-        bail!("{component:?} is not a repository name component ([a-z0-9] then [a-z0-9._-])");
-    }
-    Ok(())
-}
-
-/// Checks a tag against the distribution grammar `[A-Za-z0-9_][A-Za-z0-9._-]{0,127}`.
-pub fn check_tag(tag: &str) -> Result<()> {
-    let valid = (1..=128).contains(&tag.len())
-        && tag
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-        && !tag.starts_with(['.', '-']);
-    if !valid {
-        bail!("tag {tag:?} is not valid ([A-Za-z0-9_][A-Za-z0-9._-]{{0,127}})");
-    }
-    Ok(())
-}
 
 /// Everything a push needs besides the layout.
 #[derive(Debug, Clone)]
@@ -484,100 +415,5 @@ impl Ledger {
         let (sender, receiver) = watch::channel(None);
         holders.insert(digest.to_owned(), receiver);
         Claim::Lead(sender)
-    }
-}
-
-/// HEAD `/v2/<repo>/manifests/<reference>`: the digest the registry holds under it, if any.
-async fn manifest_digest(
-    client: &Client,
-    repository: &str,
-    reference: &str,
-) -> Result<Option<String>> {
-    let request = Request::new(
-        Method::HEAD,
-        client.url(&format!("{repository}/manifests/{reference}"))?,
-        vec![auth::scope(repository, Access::PullPush)],
-        format!("HEAD manifest {repository}:{reference}"),
-    )
-    .header(ACCEPT, MANIFEST_TYPES)?;
-    let response = client.send(&request).await?;
-    match response.status() {
-        StatusCode::OK => Ok(response
-            .headers()
-            .get("docker-content-digest")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)),
-        StatusCode::NOT_FOUND => Ok(None),
-        _ => Err(client.status_error(&request, response).await),
-    }
-}
-
-/// PUT `/v2/<repo>/manifests/<reference>` with the manifest's exact bytes; checks that the
-/// registry computed the same digest.
-async fn put_manifest(
-    client: &Client,
-    repository: &str,
-    reference: &str,
-    manifest: &ManifestBlob,
-) -> Result<()> {
-    let media_type = if manifest.descriptor.media_type.is_empty() {
-        "application/vnd.oci.image.manifest.v1+json"
-    } else {
-        &manifest.descriptor.media_type
-    };
-    let request = Request::new(
-        Method::PUT,
-        client.url(&format!("{repository}/manifests/{reference}"))?,
-        vec![auth::scope(repository, Access::PullPush)],
-        format!("PUT manifest {repository}:{reference}"),
-    )
-    .header(CONTENT_TYPE, media_type)?
-    .body(Bytes::from(manifest.bytes.clone()));
-    let response = client.send(&request).await?;
-    if response.status() != StatusCode::CREATED {
-        return Err(client.status_error(&request, response).await);
-    }
-    let stored = response
-        .headers()
-        .get("docker-content-digest")
-        .and_then(|v| v.to_str().ok());
-    if let Some(stored) = stored
-        && stored != manifest.descriptor.digest
-    {
-        bail!(
-            "registry {}: {repository}:{reference} stored as {stored}, built as {}",
-            client.host(),
-            manifest.descriptor.digest
-        );
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn registry_target_parses_host_port_and_namespace() {
-        let target = RegistryTarget::parse("127.0.0.1:5000/cairn/prod").expect("valid");
-        assert_eq!(target.host, "127.0.0.1:5000");
-        assert_eq!(target.repository("api"), "cairn/prod/api");
-        let bare = RegistryTarget::parse("registry.example").expect("valid");
-        assert_eq!(bare.repository("api"), "api");
-    }
-
-    #[test]
-    fn registry_target_rejects_schemes_and_bad_names() {
-        assert!(RegistryTarget::parse("http://x/ns").is_err());
-        assert!(RegistryTarget::parse("x/Upper").is_err());
-        assert!(RegistryTarget::parse("/ns").is_err());
-    }
-
-    #[test]
-    fn tags_follow_the_grammar() {
-        assert!(check_tag("v1.2.3_rc-1").is_ok());
-        assert!(check_tag("-x").is_err());
-        assert!(check_tag("a:b").is_err());
-        assert!(check_tag(&"a".repeat(129)).is_err());
     }
 }
