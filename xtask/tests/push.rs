@@ -121,8 +121,10 @@ fn basic_auth_over_tls_with_a_test_ca() {
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success());
     assert!(
-        stderr.contains(&registry.host()) && stderr.contains("401"),
-        "{stderr}"
+        stderr.contains(&registry.host())
+            && stderr.contains("401")
+            && stderr.contains("UNAUTHORIZED"),
+        "the error names the registry, the status and the registry's error body: {stderr}"
     );
     assert!(
         !stderr.contains("wrong-pw"),
