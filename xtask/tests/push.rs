@@ -9,7 +9,7 @@ use std::process::Command;
 
 use hyper::Method;
 use support::proxy::{Fault, FaultKind, Proxy};
-use support::{MIB, Registry, RegistryAuth, RegistryTls, SkopeoAccess};
+use support::{ConfigExtras, MIB, Registry, RegistryAuth, RegistryTls, SkopeoAccess};
 
 fn scratch(name: &str) -> tempfile::TempDir {
     tempfile::Builder::new()
@@ -288,7 +288,10 @@ fn faults_503_and_a_dropped_connection_resume_the_large_blob() {
         dir.path(),
         RegistryAuth::None,
         RegistryTls::Plain,
-        "  relativeurls: true\n",
+        ConfigExtras {
+            http: "  relativeurls: true\n",
+            ..ConfigExtras::default()
+        },
     );
     let faults = vec![
         Fault {
@@ -460,4 +463,39 @@ fn an_image_index_goes_up_with_its_exact_bytes_after_its_children() {
     };
     assert_eq!(raw("multi:latest"), index.as_bytes());
     assert_eq!(raw(&format!("multi@{child}")), child_bytes);
+}
+
+#[test]
+fn a_refusing_registry_gets_an_error_naming_registry_repository_status_and_body() {
+    if !support::tools_present() {
+        return;
+    }
+    let dir = scratch("readonly");
+    let layout = support::build_layout(dir.path(), 1);
+    let registry = Registry::start_with(
+        dir.path(),
+        RegistryAuth::None,
+        RegistryTls::Plain,
+        ConfigExtras {
+            storage: "  maintenance:\n    readonly:\n      enabled: true\n",
+            ..ConfigExtras::default()
+        },
+    );
+    let target = format!("{}/cairn", registry.host());
+    let output = support::push_command(&layout, &target, &["--plain-http", "gateway"], &[])
+        .output()
+        .expect("run push");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "a read-only registry refuses uploads"
+    );
+    for part in [
+        registry.host().as_str(),
+        "cairn/gateway",
+        "405",
+        "UNSUPPORTED",
+    ] {
+        assert!(stderr.contains(part), "{part:?} missing from: {stderr}");
+    }
 }

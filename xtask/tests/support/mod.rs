@@ -46,6 +46,13 @@ pub enum RegistryTls<'a> {
     Tls { cert: &'a Path, key: &'a Path },
 }
 
+/// Extra lines (two-space indented) for the `storage:` and `http:` sections.
+#[derive(Default)]
+pub struct ConfigExtras {
+    pub storage: &'static str,
+    pub http: &'static str,
+}
+
 pub struct Registry {
     pub port: u16,
     pub root: PathBuf,
@@ -54,23 +61,24 @@ pub struct Registry {
 
 impl Registry {
     pub fn start(dir: &Path, auth: RegistryAuth, tls: RegistryTls) -> Registry {
-        Registry::start_with(dir, auth, tls, "")
+        Registry::start_with(dir, auth, tls, ConfigExtras::default())
     }
 
-    /// `start` with extra lines for the `http:` section (two-space indented).
+    /// `start` with extra lines in the registry's configuration.
     pub fn start_with(
         dir: &Path,
         auth: RegistryAuth,
         tls: RegistryTls,
-        http_extra: &str,
+        extras: ConfigExtras,
     ) -> Registry {
         let port = testkit::free_port();
         let root = dir.join("registry-data");
         let mut config = format!(
-            "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: cairn-test-secret\n",
-            root.display()
+            "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n{}http:\n  addr: 127.0.0.1:{port}\n  secret: cairn-test-secret\n{}",
+            root.display(),
+            extras.storage,
+            extras.http,
         );
-        config.push_str(http_extra);
         if let RegistryTls::Tls { cert, key } = tls {
             config.push_str(&format!(
                 "  tls:\n    certificate: {}\n    key: {}\n",
