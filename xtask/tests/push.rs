@@ -494,7 +494,7 @@ fn a_refusing_registry_gets_an_error_naming_registry_repository_status_and_body(
         registry.host().as_str(),
         "cairn/gateway",
         "405",
-        "UNSUPPORTED",
+        "Method not allowed",
     ] {
         assert!(stderr.contains(part), "{part:?} missing from: {stderr}");
     }
