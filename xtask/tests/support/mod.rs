@@ -233,6 +233,13 @@ pub fn push_command(
         .arg(layout)
         .args(["--registry", registry])
         .args(extra)
+        // Loopback only: a proxy from the environment must not sit between push and registry.
+        .env_remove("HTTP_PROXY")
+        .env_remove("HTTPS_PROXY")
+        .env_remove("ALL_PROXY")
+        .env_remove("http_proxy")
+        .env_remove("https_proxy")
+        .env_remove("all_proxy")
         .env_remove("CAIRN_REGISTRY_USERNAME")
         .env_remove("CAIRN_REGISTRY_PASSWORD")
         // An empty Docker config: the tests never read the user's own credentials.

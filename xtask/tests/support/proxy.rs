@@ -65,6 +65,7 @@ impl Proxy {
         let state = Arc::new(State {
             upstream: format!("http://127.0.0.1:{upstream_port}"),
             client: reqwest::Client::builder()
+                .no_proxy()
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .expect("proxy client"),
