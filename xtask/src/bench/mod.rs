@@ -1,7 +1,9 @@
-//! `cargo xtask bench NAME`: benchmarks that measure a cairn component under load (and, where
-//! one exists, next to the real alternative). One file per benchmark; this module only dispatches.
+//! `cargo xtask bench NAME`: benchmarks that put a cairn component next to the real alternative
+//! in one run and print the ratio (or, for the api, its numbers under load). One file per benchmark.
 
 mod api;
+mod gateway;
+mod push;
 
 use anyhow::Result;
 
@@ -13,6 +15,10 @@ pub struct BenchArgs {
 
 #[derive(Debug, clap::Subcommand)]
 enum Bench {
+    /// The gateway vs nginx `proxy_pass` (keepalive upstream) in front of the same upstream, with wrk.
+    Gateway(gateway::GatewayBenchArgs),
+    /// cairn push vs `skopeo copy oci:… docker://…` to a local registry: first push and re-push.
+    Push(push::PushBenchArgs),
     /// The release api under concurrent load with wrk: `/api/health/ready` and an authenticated
     /// session listing, against a real PostgreSQL.
     Api(api::ApiBenchArgs),
@@ -20,6 +26,8 @@ enum Bench {
 
 pub fn run(args: &BenchArgs) -> Result<()> {
     match &args.bench {
+        Bench::Gateway(args) => gateway::run(args),
+        Bench::Push(args) => push::run(args),
         Bench::Api(args) => api::run(args),
     }
 }
