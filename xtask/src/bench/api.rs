@@ -34,6 +34,10 @@ pub struct ApiBenchArgs {
     /// Sessions created for the benchmark user before the listing is measured.
     #[arg(long, default_value_t = 200)]
     sessions: u32,
+    /// Cargo profile of the api binary: `release` (what images ship) or `dev` (quicker to
+    /// build; dependencies are optimised in this workspace's dev profile, the api is not).
+    #[arg(long, default_value = "release")]
+    profile: String,
 }
 
 /// One wrk run's result.
@@ -52,9 +56,15 @@ pub fn run(args: &ApiBenchArgs) -> Result<()> {
     let root = project::root();
     let sh = Shell::new()?;
     sh.change_dir(&root);
-    cmd!(sh, "cargo build --release --locked -p api")
+    let profile = &args.profile;
+    cmd!(sh, "cargo build --profile {profile} --locked -p api")
         .run()
-        .context("building the release api")?;
+        .with_context(|| format!("building the api ({profile} profile)"))?;
+    let binary_dir = if profile == "dev" {
+        "debug"
+    } else {
+        profile.as_str()
+    };
     let work = root.join("target/bench/api");
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
@@ -64,7 +74,7 @@ pub fn run(args: &ApiBenchArgs) -> Result<()> {
     let _llm = start_nginx(&work.join("llm"), llm_port)?;
     let api_port = testkit::free_port();
     let _api = start_api(
-        &root.join("target/release/api"),
+        &root.join("target").join(binary_dir).join("api"),
         &work,
         api_port,
         &database_url,
@@ -78,7 +88,7 @@ pub fn run(args: &ApiBenchArgs) -> Result<()> {
     let ready = wrk(args, &ready_url, None, args.duration)?;
     let list = wrk(args, &list_url, Some(&token), args.duration)?;
     println!(
-        "\napi (release), {} connections, {} wrk threads, {} s per route, on {} cores:",
+        "\napi ({profile} profile), {} connections, {} wrk threads, {} s per route, on {} cores:",
         args.connections,
         args.threads,
         args.duration,
