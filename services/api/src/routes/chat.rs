@@ -111,10 +111,13 @@ async fn relay(
     session_id: Uuid,
     prompt: Vec<PromptMessage>,
     tx: mpsc::Sender<Event>,
-    _permit: StreamPermit,
+    permit: StreamPermit,
 ) {
     let mut reply = Reply::default();
     let ending = pump(&state, &prompt, &tx, &mut reply).await;
+    // The LLM stream is over: free the user's slot before the reply becomes visible, so a
+    // client that sees the stored reply can always start the next stream.
+    drop(permit);
     let status = match ending {
         Ending::Finished => ReplyStatus::Complete,
         _ => ReplyStatus::Partial,
