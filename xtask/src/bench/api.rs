@@ -172,7 +172,8 @@ fn start_postgres(work: &Path) -> Result<(ProcessGuard, String)> {
         ])
         .arg("-k")
         .arg(&dir)
-        .stdout(Stdio::null());
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     as_postgres(&mut server, &dir)?;
     let mut guard = ProcessGuard::spawn("postgres", &mut server);
     wait_for_port(&mut guard, port)?;
