@@ -1,6 +1,9 @@
 //! `cargo xtask`: cairn's build tool. Each subcommand is one stage of the pipeline in
 //! DESIGN.md and lives in its own module; `main` only parses the command line and dispatches.
 
+mod bench;
+mod build;
+mod image;
 mod project;
 mod test;
 
@@ -17,11 +20,21 @@ struct Cli {
 enum Command {
     /// Run the whole test suite: fmt, clippy, install missing tools, every test of the workspace.
     Test(test::TestArgs),
+    /// Build release binaries of services (reproducibly: paths remapped, SOURCE_DATE_EPOCH fixed).
+    Build(build::BuildArgs),
+    /// Write the OCI images into one layout (target/oci), optionally a docker-archive too.
+    Image(image::command::ImageArgs),
+    /// Run a benchmark against the real alternative.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Test(args) => test::run(&args),
+        Command::Build(args) => build::run(&args),
+        Command::Image(args) => image::command::run(&args),
+        Command::Bench(command) => bench::run(&command),
     }
 }

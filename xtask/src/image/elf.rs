@@ -1,0 +1,161 @@
+//! The ELF closure of a binary: its interpreter and every shared library it needs, transitively,
+//! found by reading the ELF headers (PT_INTERP, DT_NEEDED, DT_RUNPATH/DT_RPATH) with goblin.
+//! It never runs `ldd` or the binary, so it works on binaries for which running is unsafe or
+//! impossible (a CUDA build on a machine without a GPU).
+//!
+//! It only answers "which host files, at which path inside the image"; which layer they go into is
+//! `plan`'s decision.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use goblin::elf::Elf;
+
+/// Directories the dynamic loader searches when no cache exists (Debian multiarch first).
+const DEFAULT_DIRS: &[&str] = &[
+    "/lib/x86_64-linux-gnu",
+    "/usr/lib/x86_64-linux-gnu",
+    "/lib64",
+    "/usr/lib64",
+    "/lib",
+    "/usr/lib",
+];
+
+/// A shared library that is never packed because the runtime provides it: the NVIDIA container
+/// runtime injects the driver's libcuda (and libnvidia-ml) into the container.
+pub fn is_injected_by_runtime(soname: &str) -> bool {
+    soname.starts_with("libcuda.so") || soname.starts_with("libnvidia-ml.so")
+}
+
+/// One library of the closure: where it lives inside the image and which host file holds it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SharedLibrary {
+    pub image_path: String,
+    pub host_path: PathBuf,
+}
+
+/// The interpreter and libraries `binary` needs, searched in `extra_dirs` first (a CUDA
+/// directory), then the binary's RUNPATH, then the default directories. Empty for a static binary.
+pub fn closure(binary: &Path, extra_dirs: &[PathBuf]) -> Result<Vec<SharedLibrary>> {
+    let root = read_dynamic(binary)?;
+    let mut found: BTreeMap<String, SharedLibrary> = BTreeMap::new();
+    if let Some(interpreter) = &root.interpreter {
+        let host = PathBuf::from(interpreter);
+        if !host.exists() {
+            bail!(
+                "{}: its interpreter {interpreter} does not exist on this machine",
+                binary.display()
+            );
+        }
+        found.insert(
+            interpreter.clone(),
+            SharedLibrary {
+                image_path: interpreter.clone(),
+                host_path: host,
+            },
+        );
+    }
+    let mut queue: VecDeque<(PathBuf, Dynamic)> = VecDeque::from([(binary.to_owned(), root)]);
+    let mut seen: BTreeSet<String> = BTreeSet::new();
+    while let Some((owner, info)) = queue.pop_front() {
+        for soname in &info.needed {
+            if is_injected_by_runtime(soname) || !seen.insert(soname.clone()) {
+                continue;
+            }
+            let host = locate(soname, extra_dirs, &info.search_dirs)
+                .with_context(|| format!("{} needs {soname}", owner.display()))?;
+            let library = read_dynamic(&host)?;
+            let image_path = host.to_string_lossy().into_owned();
+            found.entry(image_path.clone()).or_insert(SharedLibrary {
+                image_path,
+                host_path: host.clone(),
+            });
+            queue.push_back((host, library));
+        }
+    }
+    Ok(found.into_values().collect())
+}
+
+#[derive(Debug)]
+struct Dynamic {
+    interpreter: Option<String>,
+    needed: Vec<String>,
+    search_dirs: Vec<PathBuf>,
+}
+
+fn read_dynamic(path: &Path) -> Result<Dynamic> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let elf =
+        Elf::parse(&bytes).with_context(|| format!("{} is not an ELF file", path.display()))?;
+    let origin = path.parent().unwrap_or(Path::new("/"));
+    let search_dirs = elf
+        .runpaths
+        .iter()
+        .chain(elf.rpaths.iter())
+        .flat_map(|list| list.split(':'))
+        .filter(|dir| !dir.is_empty())
+        .map(|dir| PathBuf::from(dir.replace("$ORIGIN", &origin.to_string_lossy())))
+        .collect();
+    Ok(Dynamic {
+        interpreter: elf.interpreter.map(str::to_owned),
+        needed: elf
+            .libraries
+            .iter()
+            .map(|name| (*name).to_owned())
+            .collect(),
+        search_dirs,
+    })
+}
+
+fn locate(soname: &str, extra_dirs: &[PathBuf], runpath: &[PathBuf]) -> Result<PathBuf> {
+    if soname.contains('/') {
+        return Ok(PathBuf::from(soname));
+    }
+    let defaults = DEFAULT_DIRS.iter().map(PathBuf::from);
+    let dirs: Vec<PathBuf> = extra_dirs
+        .iter()
+        .cloned()
+        .chain(runpath.iter().cloned())
+        .chain(defaults)
+        .collect();
+    dirs.iter()
+        .map(|dir| dir.join(soname))
+        .find(|candidate| candidate.is_file())
+        .with_context(|| {
+            let searched: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+            format!("{soname} not found in {}", searched.join(", "))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dynamic_binary_needs_libc_and_its_interpreter() {
+        let binary = std::env::current_exe().expect("test binary");
+        let libraries = closure(&binary, &[]).expect("closure");
+        let paths: Vec<&str> = libraries
+            .iter()
+            .map(|lib| lib.image_path.as_str())
+            .collect();
+        assert!(paths.iter().any(|p| p.ends_with("/libc.so.6")), "{paths:?}");
+        assert!(paths.iter().any(|p| p.contains("ld-linux")), "{paths:?}");
+    }
+
+    #[test]
+    fn a_missing_binary_is_named() {
+        let err = closure(Path::new("/nonexistent/cairn-bin"), &[]).expect_err("missing");
+        assert!(
+            format!("{err:#}").contains("/nonexistent/cairn-bin"),
+            "{err:#}"
+        );
+    }
+
+    #[test]
+    fn libcuda_is_never_packed() {
+        assert!(is_injected_by_runtime("libcuda.so.1"));
+        assert!(!is_injected_by_runtime("libcudart.so.12"));
+    }
+}
