@@ -37,6 +37,30 @@ pub const DEBIAN_TOOLS: &[DebianTool] = &[
         program: "wrk",
         package: "wrk",
     },
+    DebianTool {
+        program: "skopeo",
+        package: "skopeo",
+    },
+    DebianTool {
+        program: "umoci",
+        package: "umoci",
+    },
+    DebianTool {
+        program: "runc",
+        package: "runc",
+    },
+    DebianTool {
+        program: "docker",
+        package: "docker.io",
+    },
+    DebianTool {
+        program: "pip3",
+        package: "python3-pip",
+    },
+    DebianTool {
+        program: "git",
+        package: "git",
+    },
 ];
 
 /// A program the test suite runs that comes from crates.io, installed with `cargo install`.

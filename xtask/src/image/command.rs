@@ -87,6 +87,9 @@ pub struct ImageArgs {
     /// `IMAGE=HOST_PATH:/IMAGE/PATH`: an extra file in the image's application layer.
     #[arg(long = "file", value_name = "IMAGE=HOST:/PATH")]
     pub files: Vec<String>,
+    /// Treat IMAGE (a `--binary` image outside the catalog) as a GPU image with CUDA layers.
+    #[arg(long = "gpu", value_name = "IMAGE")]
+    pub gpu_images: Vec<String>,
     /// Directory holding the CUDA runtime libraries for GPU images.
     #[arg(long, env = "CAIRN_CUDA_DIR")]
     pub cuda_dir: Option<PathBuf>,
@@ -273,9 +276,10 @@ fn spec(
             .to_string_lossy()
             .into_owned(),
     };
-    let cuda = match entry.filter(|e| e.gpu) {
-        None => None,
-        Some(_) => {
+    let gpu = entry.is_some_and(|e| e.gpu) || args.gpu_images.iter().any(|g| g == name);
+    let cuda = match gpu {
+        false => None,
+        true => {
             let dir = args.cuda_dir.clone().with_context(|| {
                 format!(
                     "image {name} needs --cuda-dir (or CAIRN_CUDA_DIR) naming the CUDA libraries"
