@@ -24,9 +24,8 @@ enum Command {
     Build(build::BuildArgs),
     /// Write the OCI images into one layout (target/oci), optionally a docker-archive too.
     Image(image::command::ImageArgs),
-    /// Run a benchmark against the real alternative.
-    #[command(subcommand)]
-    Bench(bench::BenchCommand),
+    /// Run a benchmark against the real alternative (`cargo xtask bench gateway`).
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -35,6 +34,6 @@ fn main() -> anyhow::Result<()> {
         Command::Test(args) => test::run(&args),
         Command::Build(args) => build::run(&args),
         Command::Image(args) => image::command::run(&args),
-        Command::Bench(command) => bench::run(&command),
+        Command::Bench(args) => bench::run(&args),
     }
 }

@@ -1,18 +1,28 @@
-//! `cargo xtask bench NAME`: benchmarks that print their numbers beside the real alternative's.
-//! One file per benchmark.
+//! `cargo xtask bench NAME`: benchmarks that put a cairn component next to the real alternative
+//! in one run and print the ratio. One file per benchmark.
 
-pub mod image;
+mod gateway;
+mod image;
 
 use anyhow::Result;
 
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    bench: Bench,
+}
+
 #[derive(Debug, clap::Subcommand)]
-pub enum BenchCommand {
-    /// cairn's assembler vs umoci (insert + repack) on the same files, plus a no-op re-run.
+enum Bench {
+    /// The gateway vs nginx `proxy_pass` (keepalive upstream) in front of the same upstream, with wrk.
+    Gateway(gateway::GatewayBenchArgs),
+    /// cairn's assembler vs umoci (new + insert + config) on the same files, plus a no-op re-run.
     Image(image::BenchImageArgs),
 }
 
-pub fn run(command: &BenchCommand) -> Result<()> {
-    match command {
-        BenchCommand::Image(args) => image::run(args),
+pub fn run(args: &BenchArgs) -> Result<()> {
+    match &args.bench {
+        Bench::Gateway(args) => gateway::run(args),
+        Bench::Image(args) => image::run(args),
     }
 }
