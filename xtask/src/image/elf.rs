@@ -33,6 +33,9 @@ pub fn is_injected_by_runtime(soname: &str) -> bool {
 pub struct SharedLibrary {
     pub image_path: String,
     pub host_path: PathBuf,
+    /// Set when the same host file is already packed at another image path (the interpreter,
+    /// reached both as PT_INTERP and as a DT_NEEDED): this path becomes a symlink to that one.
+    pub same_as: Option<String>,
 }
 
 /// The interpreter and libraries `binary` needs, searched in `extra_dirs` first (a CUDA
@@ -53,6 +56,7 @@ pub fn closure(binary: &Path, extra_dirs: &[PathBuf]) -> Result<Vec<SharedLibrar
             SharedLibrary {
                 image_path: interpreter.clone(),
                 host_path: host,
+                same_as: None,
             },
         );
     }
@@ -70,11 +74,32 @@ pub fn closure(binary: &Path, extra_dirs: &[PathBuf]) -> Result<Vec<SharedLibrar
             found.entry(image_path.clone()).or_insert(SharedLibrary {
                 image_path,
                 host_path: host.clone(),
+                same_as: None,
             });
             queue.push_back((host, library));
         }
     }
-    Ok(found.into_values().collect())
+    Ok(link_duplicates(found.into_values().collect()))
+}
+
+/// Marks every library whose host file (after resolving symlinks) is already packed at an
+/// earlier image path, so each file's bytes are stored once.
+fn link_duplicates(libraries: Vec<SharedLibrary>) -> Vec<SharedLibrary> {
+    let mut first_by_file: BTreeMap<PathBuf, String> = BTreeMap::new();
+    libraries
+        .into_iter()
+        .map(|mut library| {
+            let file =
+                std::fs::canonicalize(&library.host_path).unwrap_or(library.host_path.clone());
+            match first_by_file.get(&file) {
+                Some(first) => library.same_as = Some(first.clone()),
+                None => {
+                    first_by_file.insert(file, library.image_path.clone());
+                }
+            }
+            library
+        })
+        .collect()
 }
 
 #[derive(Debug)]
@@ -142,6 +167,18 @@ mod tests {
             .collect();
         assert!(paths.iter().any(|p| p.ends_with("/libc.so.6")), "{paths:?}");
         assert!(paths.iter().any(|p| p.contains("ld-linux")), "{paths:?}");
+        let stored: Vec<_> = libraries
+            .iter()
+            .filter(|lib| lib.same_as.is_none())
+            .collect();
+        let loaders = stored
+            .iter()
+            .filter(|lib| lib.image_path.contains("ld-linux"))
+            .count();
+        assert_eq!(
+            loaders, 1,
+            "the loader's bytes are stored once: {libraries:?}"
+        );
     }
 
     #[test]

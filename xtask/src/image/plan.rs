@@ -70,10 +70,11 @@ fn root_entry(source: EntrySource, mode: u32) -> LayerEntry {
 pub fn system_layer(libraries: &[SharedLibrary], ca_bundle: &std::path::Path) -> LayerPlan {
     let mut plan = LayerPlan::new("system");
     for library in libraries {
-        plan.insert(
-            &library.image_path,
-            root_entry(EntrySource::HostFile(library.host_path.clone()), 0o755),
-        );
+        let source = match &library.same_as {
+            Some(first) => EntrySource::Symlink(first.clone()),
+            None => EntrySource::HostFile(library.host_path.clone()),
+        };
+        plan.insert(&library.image_path, root_entry(source, 0o755));
     }
     plan.insert(
         CA_PATH,
