@@ -13,7 +13,7 @@ use support::{blob_json, compile_fixture, index, layers, xtask_unchecked};
 const WHEEL: &str = "nvidia-cuda-runtime-cu12==12.9.79";
 /// The CUDA layer of libcudart 12.9.79 under the pinned tar + gzip settings and the tests' epoch.
 const CUDART_LAYER: &str =
-    "sha256:58f14c33f603e289cfde7d0486f7f8af43852eec3a7dc75edbb66f7f35da158d";
+    "sha256:61cecbd96da74e7af62ff2c795dbfbf2e7e472d72e21b7efacf56c502f5d2d76";
 
 /// Downloads the wheel and unpacks its libraries into `dir/cuda`; None when pip is missing.
 fn cuda_dir(dir: &Path) -> Option<PathBuf> {

@@ -35,23 +35,83 @@ pub fn run(args: &BenchImageArgs) -> Result<()> {
     let scratch = tempfile::tempdir().context("creating a scratch directory")?;
     let staged = scratch.path().join("rootfs");
     stage(&spec, &ca_bundle, &staged)?;
-    let mut cairn_cold = Vec::new();
-    let mut cairn_noop = Vec::new();
+    let mut gzip = Timings::default();
+    let mut zstd = Timings::default();
     let mut umoci = Vec::new();
     for run in 0..args.runs.max(1) {
         let dir = scratch.path().join(format!("run-{run}"));
+        gzip.measure(&spec, &ca_bundle, Compression::Gzip, &dir.join("gzip"))?;
+        zstd.measure(&spec, &ca_bundle, Compression::Zstd, &dir.join("zstd"))?;
+        umoci.push(time(|| umoci_assemble(&staged, &dir.join("umoci")))?);
+    }
+    let umoci_size = blobs_size(&scratch.path().join("run-0/umoci"))?;
+    let umoci = median(umoci);
+    let size = std::fs::metadata(&binary).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "bench image: {} ({:.1} MB binary + ELF closure + CA bundle), median of {} runs",
+        binary.display(),
+        size as f64 / 1e6,
+        args.runs
+    );
+    println!(
+        "  {:<34} {:>8} {:>10} {:>14}",
+        "", "time", "blobs", "umoci/cairn"
+    );
+    let row = |name: &str, time: Duration, bytes: u64| {
+        println!(
+            "  {name:<34} {:>6.3} s {:>7.2} MB {:>13.2}x",
+            time.as_secs_f64(),
+            bytes as f64 / 1e6,
+            umoci.as_secs_f64() / time.as_secs_f64()
+        );
+    };
+    row("umoci new+insert+config (gzip)", umoci, umoci_size);
+    row(
+        "cairn assemble, gzip -6 (cold)",
+        median(gzip.cold.clone()),
+        gzip.size,
+    );
+    row(
+        "cairn assemble, zstd -3 (cold)",
+        median(zstd.cold.clone()),
+        zstd.size,
+    );
+    row(
+        "cairn assemble, gzip (no-op re-run)",
+        median(gzip.noop.clone()),
+        gzip.size,
+    );
+    Ok(())
+}
+
+/// cairn's cold and no-op times and the size of what it wrote, for one compression.
+#[derive(Debug, Default)]
+struct Timings {
+    cold: Vec<Duration>,
+    noop: Vec<Duration>,
+    size: u64,
+}
+
+impl Timings {
+    fn measure(
+        &mut self,
+        spec: &ImageSpec,
+        ca_bundle: &Path,
+        compression: Compression,
+        dir: &Path,
+    ) -> Result<()> {
         let plan = ImagePlan {
             images: vec![spec.clone()],
-            ca_bundle: ca_bundle.clone(),
-            compression: Compression::Gzip,
+            ca_bundle: ca_bundle.to_owned(),
+            compression,
             epoch: 0,
             cache: LayerCache {
                 dir: dir.join("cache"),
             },
         };
-        let layout = LayoutDir::open(&dir.join("cairn"))?;
-        cairn_cold.push(time(|| assemble(&plan, &layout).map(drop))?);
-        cairn_noop.push(time(|| {
+        let layout = LayoutDir::open(&dir.join("layout"))?;
+        self.cold.push(time(|| assemble(&plan, &layout).map(drop))?);
+        self.noop.push(time(|| {
             let report = assemble(&plan, &layout)?;
             if report.layers_compressed != 0 {
                 bail!(
@@ -61,28 +121,19 @@ pub fn run(args: &BenchImageArgs) -> Result<()> {
             }
             Ok(())
         })?);
-        umoci.push(time(|| umoci_assemble(&staged, &dir.join("umoci")))?);
+        self.size = blobs_size(&layout.root)?;
+        Ok(())
     }
-    let (cold, noop, umoci) = (median(cairn_cold), median(cairn_noop), median(umoci));
-    let size = std::fs::metadata(&binary).map(|m| m.len()).unwrap_or(0);
-    println!(
-        "bench image: {} ({:.1} MB binary + ELF closure + CA bundle), median of {} runs",
-        binary.display(),
-        size as f64 / 1e6,
-        args.runs
-    );
-    println!("  umoci new+insert+config  {:>8.3} s", umoci.as_secs_f64());
-    println!("  cairn assemble (cold)    {:>8.3} s", cold.as_secs_f64());
-    println!("  cairn assemble (no-op)   {:>8.3} s", noop.as_secs_f64());
-    println!(
-        "  umoci / cairn cold       {:>8.2}x",
-        umoci.as_secs_f64() / cold.as_secs_f64()
-    );
-    println!(
-        "  umoci / cairn no-op      {:>8.1}x",
-        umoci.as_secs_f64() / noop.as_secs_f64()
-    );
-    Ok(())
+}
+
+/// Total bytes of a layout's blobs.
+fn blobs_size(layout: &Path) -> Result<u64> {
+    let dir = layout.join("blobs/sha256");
+    let mut total = 0;
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+        total += entry?.metadata()?.len();
+    }
+    Ok(total)
 }
 
 fn bench_spec(binary: &Path) -> ImageSpec {

@@ -155,10 +155,22 @@ fn assemble_image(
     created: &str,
     layout: &LayoutDir,
 ) -> Result<ImageResult> {
-    let mut layers = Vec::new();
-    for layer_plan in plan_layers(spec, &plan.ca_bundle)? {
-        layers.push(write_layer(plan, &layer_plan, layout)?);
-    }
+    let layer_plans = plan_layers(spec, &plan.ca_bundle)?;
+    // Layers are independent: compress them on all cores at once, keep their order.
+    let layers = std::thread::scope(|scope| {
+        let workers: Vec<_> = layer_plans
+            .iter()
+            .map(|layer_plan| scope.spawn(|| write_layer(plan, layer_plan, layout)))
+            .collect();
+        workers
+            .into_iter()
+            .map(|worker| {
+                worker
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect::<Result<Vec<_>>>()
+    })?;
     let diff_ids: Vec<String> = layers.iter().map(|l| l.diff_id.clone()).collect();
     let config = layout.put_bytes(
         CONFIG_MEDIA_TYPE,
