@@ -23,7 +23,7 @@ enum Command {
     /// Build release binaries of services (reproducibly: paths remapped, SOURCE_DATE_EPOCH fixed).
     Build(build::BuildArgs),
     /// Write the OCI images into one layout (target/oci), optionally a docker-archive too.
-    Image(image::command::ImageArgs),
+    Image(Box<image::command::ImageArgs>),
     /// Run a benchmark against the real alternative (`cargo xtask bench gateway`).
     Bench(bench::BenchArgs),
 }
