@@ -5,6 +5,8 @@ mod bench;
 mod build;
 mod image;
 mod project;
+mod push;
+mod registry;
 mod test;
 
 use clap::{Parser, Subcommand};
@@ -24,7 +26,9 @@ enum Command {
     Build(build::BuildArgs),
     /// Write the OCI images into one layout (target/oci), optionally a docker-archive too.
     Image(Box<image::command::ImageArgs>),
-    /// Run a benchmark against the real alternative (`cargo xtask bench gateway`).
+    /// Push the images of an OCI layout to a registry (same digests as built).
+    Push(push::PushArgs),
+    /// Run a benchmark against the real alternative (`cargo xtask bench gateway|push|image`).
     Bench(bench::BenchArgs),
 }
 
@@ -34,6 +38,7 @@ fn main() -> anyhow::Result<()> {
         Command::Test(args) => test::run(&args),
         Command::Build(args) => build::run(&args),
         Command::Image(args) => image::command::run(&args),
+        Command::Push(args) => push::run(&args),
         Command::Bench(args) => bench::run(&args),
     }
 }

@@ -40,14 +40,20 @@ pub const DEBIAN_TOOLS: &[DebianTool] = &[
         program: "wrk",
         package: "wrk",
     },
+    // The push tests: the distribution registry, fixtures, round-trip checks, htpasswd.
     DebianTool {
-        program: "skopeo",
-        package: "skopeo",
+        program: "docker-registry",
+        package: "docker-registry",
     },
     DebianTool {
         program: "umoci",
         package: "umoci",
     },
+    DebianTool {
+        program: "skopeo",
+        package: "skopeo",
+    },
+    // The image tests: boot images, load them into Docker, fetch CUDA wheels, git worktrees.
     DebianTool {
         program: "runc",
         package: "runc",
@@ -63,6 +69,10 @@ pub const DEBIAN_TOOLS: &[DebianTool] = &[
     DebianTool {
         program: "git",
         package: "git",
+    },
+    DebianTool {
+        program: "htpasswd",
+        package: "apache2-utils",
     },
 ];
 

@@ -3,12 +3,12 @@
 //! same digest, libcuda is never packed, and a directory without a needed group is an error that
 //! names it.
 
-mod support;
+mod imaging;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use support::{blob_json, compile_fixture, index, layers, xtask_unchecked};
+use imaging::{blob_json, compile_fixture, index, layers, xtask_unchecked};
 
 const WHEEL: &str = "nvidia-cuda-runtime-cu12==12.9.79";
 /// The CUDA layer of libcudart 12.9.79 under the pinned tar + gzip settings and the tests' epoch.

@@ -3,7 +3,7 @@
 //! `docker load` takes the archive and `docker run` runs it. The gateway image gets the same
 //! runc boot once the gateway service is in the workspace.
 
-mod support;
+mod imaging;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use support::{compile_fixture, index, xtask, xtask_unchecked};
+use imaging::{compile_fixture, index, xtask, xtask_unchecked};
 use testkit::{ProcessGuard, free_port, require_tool, wait_until};
 
 fn workspace_root() -> PathBuf {
@@ -82,8 +82,8 @@ fn skopeo_inspects_every_image_and_umoci_unpacks_it() {
     }
     // The system layer is shared: both binaries need the same libraries.
     assert_eq!(
-        support::layers(&out, "demo")[0],
-        support::layers(&out, "demo2")[0]
+        imaging::layers(&out, "demo")[0],
+        imaging::layers(&out, "demo2")[0]
     );
     let bundle = dir.path().join("bundle");
     let status = Command::new(&umoci)
