@@ -196,7 +196,7 @@ pub fn plan_from_args(args: &ImageArgs, root: &Path) -> Result<ImagePlan> {
         images,
         ca_bundle: args.ca_bundle.clone(),
         compression: args.compression,
-        epoch: provenance::source_date_epoch(root)?,
+        epoch: provenance::source_date_epoch()?,
         cache: args
             .cache_dir
             .clone()
