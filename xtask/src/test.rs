@@ -40,20 +40,23 @@ pub const DEBIAN_TOOLS: &[DebianTool] = &[
         program: "wrk",
         package: "wrk",
     },
-    // The push tests: the distribution registry, fixtures, round-trip checks, htpasswd.
+    // The registry and image tests: the distribution registry, OCI tools, runc, htpasswd.
     DebianTool {
         program: "docker-registry",
         package: "docker-registry",
+    },
+    DebianTool {
+        program: "skopeo",
+        package: "skopeo",
     },
     DebianTool {
         program: "umoci",
         package: "umoci",
     },
     DebianTool {
-        program: "skopeo",
-        package: "skopeo",
+        program: "htpasswd",
+        package: "apache2-utils",
     },
-    // The image tests: boot images, load them into Docker, fetch CUDA wheels, git worktrees.
     DebianTool {
         program: "runc",
         package: "runc",
@@ -69,10 +72,6 @@ pub const DEBIAN_TOOLS: &[DebianTool] = &[
     DebianTool {
         program: "git",
         package: "git",
-    },
-    DebianTool {
-        program: "htpasswd",
-        package: "apache2-utils",
     },
 ];
 

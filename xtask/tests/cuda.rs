@@ -3,12 +3,12 @@
 //! same digest, libcuda is never packed, and a directory without a needed group is an error that
 //! names it.
 
-mod imaging;
+mod image_support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use imaging::{blob_json, compile_fixture, index, layers, xtask_unchecked};
+use image_support::{blob_json, compile_fixture, index, layers, xtask_unchecked};
 
 const WHEEL: &str = "nvidia-cuda-runtime-cu12==12.9.79";
 /// The CUDA layer of libcudart 12.9.79 under the pinned tar + gzip settings.

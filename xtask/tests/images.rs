@@ -3,7 +3,7 @@
 //! `docker load` takes the archive and `docker run` runs it. The gateway image gets the same
 //! runc boot once the gateway service is in the workspace.
 
-mod imaging;
+mod image_support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use imaging::{compile_fixture, index, xtask, xtask_unchecked};
+use image_support::{compile_fixture, index, xtask, xtask_unchecked};
 use testkit::{ProcessGuard, free_port, require_tool, wait_until};
 
 fn workspace_root() -> PathBuf {
@@ -82,8 +82,8 @@ fn skopeo_inspects_every_image_and_umoci_unpacks_it() {
     }
     // The system layer is shared: both binaries need the same libraries.
     assert_eq!(
-        imaging::layers(&out, "demo")[0],
-        imaging::layers(&out, "demo2")[0]
+        image_support::layers(&out, "demo")[0],
+        image_support::layers(&out, "demo2")[0]
     );
     let bundle = dir.path().join("bundle");
     let status = Command::new(&umoci)
@@ -415,8 +415,8 @@ fn a_new_source_date_epoch_changes_the_config_but_no_layer() {
         &[("SOURCE_DATE_EPOCH", Path::new("1800000000"))],
     );
     assert_eq!(
-        imaging::layers(&out, "demo"),
-        imaging::layers(&later, "demo")
+        image_support::layers(&out, "demo"),
+        image_support::layers(&later, "demo")
     );
     let digest = |layout: &Path| {
         index(layout)

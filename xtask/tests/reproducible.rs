@@ -4,12 +4,12 @@
 //! of one service changes, and only that service's application layer (and its config and
 //! manifest) change. The services are std-only crates the test adds, so CI stays fast.
 
-mod imaging;
+mod image_support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use imaging::{index, layers, xtask};
+use image_support::{index, layers, xtask};
 
 struct Worktree {
     repo: PathBuf,

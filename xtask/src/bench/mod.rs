@@ -17,16 +17,16 @@ pub struct BenchArgs {
 enum Bench {
     /// The gateway vs nginx `proxy_pass` (keepalive upstream) in front of the same upstream, with wrk.
     Gateway(gateway::GatewayBenchArgs),
-    /// cairn's assembler vs umoci (new + insert + config) on the same files, plus a no-op re-run.
-    Image(image::BenchImageArgs),
     /// cairn push vs `skopeo copy oci:… docker://…` to a local registry: first push and re-push.
     Push(push::PushBenchArgs),
+    /// cairn's assembler vs umoci (new + insert + config) on the same files, plus a no-op re-run.
+    Image(image::BenchImageArgs),
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
     match &args.bench {
         Bench::Gateway(args) => gateway::run(args),
-        Bench::Image(args) => image::run(args),
         Bench::Push(args) => push::run(args),
+        Bench::Image(args) => image::run(args),
     }
 }
