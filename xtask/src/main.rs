@@ -2,7 +2,9 @@
 //! DESIGN.md and lives in its own module; `main` only parses the command line and dispatches.
 
 mod project;
+mod render;
 mod test;
+mod topology;
 
 use clap::{Parser, Subcommand};
 
@@ -17,11 +19,14 @@ struct Cli {
 enum Command {
     /// Run the whole test suite: fmt, clippy, install missing tools, every test of the workspace.
     Test(test::TestArgs),
+    /// Render nginx, compose and .env examples for every server from the topology.
+    Render(render::RenderArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Test(args) => test::run(&args),
+        Command::Render(args) => render::run(&args),
     }
 }
