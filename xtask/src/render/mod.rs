@@ -291,3 +291,6 @@ fn display_relative(root: &Path, path: &Path) -> String {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod live_nginx_tests;
