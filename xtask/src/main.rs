@@ -1,7 +1,10 @@
 //! `cargo xtask`: cairn's build tool. Each subcommand is one stage of the pipeline in
 //! DESIGN.md and lives in its own module; `main` only parses the command line and dispatches.
 
+mod bench;
 mod project;
+mod push;
+mod registry;
 mod render;
 mod test;
 mod topology;
@@ -21,6 +24,10 @@ enum Command {
     Test(test::TestArgs),
     /// Render nginx, compose and .env examples for every server from the topology.
     Render(render::RenderArgs),
+    /// Push the images of an OCI layout to a registry (same digests as built).
+    Push(push::PushArgs),
+    /// Run a benchmark against the real alternative (`cargo xtask bench gateway|push`).
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -28,5 +35,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Test(args) => test::run(&args),
         Command::Render(args) => render::run(&args),
+        Command::Push(args) => push::run(&args),
+        Command::Bench(args) => bench::run(&args),
     }
 }

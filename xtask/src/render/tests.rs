@@ -367,6 +367,9 @@ fn docker_compose_accepts_the_committed_files() {
             "server {server}: {}",
             String::from_utf8_lossy(&output.stderr)
         );
+        if filled_is_empty(&committed(&format!("server-{server}/.env.example"))) {
+            continue;
+        }
         // Without the variables, compose must refuse to start: no credential has a default.
         let empty = tempfile::NamedTempFile::new().expect("empty env file");
         let output = run(empty.path());
@@ -376,4 +379,8 @@ fn docker_compose_accepts_the_committed_files() {
         );
         assert!(String::from_utf8_lossy(&output.stderr).contains("in .env (see .env.example)"));
     }
+}
+
+fn filled_is_empty(env_example: &str) -> bool {
+    !env_example.lines().any(|line| line.ends_with('='))
 }

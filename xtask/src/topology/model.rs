@@ -37,7 +37,7 @@ pub struct Site {
     pub certificate_key: String,
     /// Host directory with the built single-page app, mounted read-only into nginx.
     pub spa_root: String,
-    /// Largest request body, in MiB; the api service gets the same limit.
+    /// Largest request body, in MiB; every service with `body_limit_env` gets the same limit.
     pub body_limit_mib: u32,
     /// Ports nginx listens on inside its container (non-root: above 1024).
     pub http_port: u16,

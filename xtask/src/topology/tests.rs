@@ -53,7 +53,7 @@ fn a_secret_that_is_not_declared_is_missing() {
             "secrets = [\"GARAGE_RPC_SECRET\", \"GARAGE_ADMIN_TOKN\"]",
         ),
         expect![[
-            r#"deploy/topology.toml line 167: services.garage.secrets: secret "GARAGE_ADMIN_TOKN" is not declared under [secrets]"#
+            r#"deploy/topology.toml line 169: services.garage.secrets: secret "GARAGE_ADMIN_TOKN" is not declared under [secrets]"#
         ]],
     );
 }
@@ -66,7 +66,7 @@ fn an_env_value_needs_the_secret_it_refers_to() {
             "GATEWAY_LISTEN = \"0.0.0.0:8080\"\nDATABASE_URL = \"postgres://u:${POSTGRES_PASSWORD}@db/x\"",
         ),
         expect![[
-            r#"deploy/topology.toml line 114: services.gateway.env.DATABASE_URL: refers to secret "POSTGRES_PASSWORD", which the service does not list in `secrets`"#
+            r#"deploy/topology.toml line 115: services.gateway.env.DATABASE_URL: refers to secret "POSTGRES_PASSWORD", which the service does not list in `secrets`"#
         ]],
     );
 }
@@ -92,7 +92,7 @@ fn a_gpu_on_a_server_without_one_is_refused() {
             "[services.inference]\nserver = \"a\"",
         ),
         expect![[
-            r#"deploy/topology.toml line 186: services.inference.gpu: server "a" has no GPU (gpus = 0)"#
+            r#"deploy/topology.toml line 188: services.inference.gpu: server "a" has no GPU (gpus = 0)"#
         ]],
     );
 }
@@ -105,7 +105,7 @@ fn a_depends_on_cycle_is_shown_as_a_path() {
             "networks = [\"data\"]\ndepends_on = [\"api\"]\ntmpfs = [\"/tmp\", \"/var/run/postgresql",
         ),
         expect![
-            "deploy/topology.toml line 150: services.postgres.depends_on: cycle api -> postgres -> api"
+            "deploy/topology.toml line 152: services.postgres.depends_on: cycle api -> postgres -> api"
         ],
     );
 }
@@ -148,7 +148,7 @@ fn root_is_refused() {
     assert_error(
         &edited("user = \"70:70\"", "user = \"0:0\""),
         expect![[
-            r#"deploy/topology.toml line 147: services.postgres.user: services must run as a non-root user, not "0:0""#
+            r#"deploy/topology.toml line 149: services.postgres.user: services must run as a non-root user, not "0:0""#
         ]],
     );
 }
