@@ -395,6 +395,9 @@ fn docker_loads_the_archive_and_runs_the_image() {
         "docker run: {}",
         String::from_utf8_lossy(&run.stderr)
     );
+    let _ = Command::new(&docker)
+        .args(["rmi", "cairn/demo:latest", "cairn/demo2:latest"])
+        .output();
     assert_eq!(String::from_utf8_lossy(&run.stdout).trim(), "65532");
 }
 
