@@ -11,6 +11,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use ipnet::IpNet;
@@ -105,6 +106,10 @@ pub async fn serve(config: Config, metrics: PrometheusHandle) -> Result<(), Serv
         let _ = stop_tx.send(true);
     });
     let app = router(state, metrics).into_make_service_with_connect_info::<SocketAddr>();
+    // Small request/response exchanges: never let Nagle hold a reply back.
+    let listener = listener.tap_io(|stream| {
+        let _ = stream.set_nodelay(true);
+    });
     let server = axum::serve(listener, app).with_graceful_shutdown(stopped(stop_rx.clone()));
     let drain = config.drain_timeout;
     let deadline = async move {
