@@ -206,10 +206,32 @@ fn write_weights(dir: &Path, config: &Value) -> Result<(), TinyModelError> {
     let varmap = VarMap::new();
     let builder = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
     qwen2::ModelForCausalLM::new(&config, builder)?;
+    reinitialise(&varmap)?;
     let target = dir.join("model.safetensors");
     let temporary = dir.join(".model.safetensors.tmp");
     varmap.save(&temporary)?;
     rename(&temporary, &target)
+}
+
+/// transformers' initialisation for Qwen2 (normal(0, 0.02) weights, zero biases, unit norms)
+/// instead of candle's training defaults, whose large embeddings make a random model's next
+/// token nearly certain: with these, sampling under different seeds gives different text.
+fn reinitialise(varmap: &VarMap) -> Result<(), TinyModelError> {
+    let Ok(vars) = varmap.data().lock() else {
+        return Ok(());
+    };
+    for (name, var) in vars.iter() {
+        let shape = var.shape().clone();
+        let value = if name.ends_with("norm.weight") {
+            candle_core::Tensor::ones(shape, DType::F32, &Device::Cpu)?
+        } else if name.ends_with(".bias") {
+            candle_core::Tensor::zeros(shape, DType::F32, &Device::Cpu)?
+        } else {
+            candle_core::Tensor::randn(0f32, 0.02, shape, &Device::Cpu)?
+        };
+        var.set(&value)?;
+    }
+    Ok(())
 }
 
 fn write_json(path: &Path, value: &Value) -> Result<(), TinyModelError> {

@@ -23,7 +23,7 @@ fn write_tiny_model(dir: &Path) {
 }
 
 struct Server {
-    _process: ProcessGuard,
+    process: ProcessGuard,
     _dir: tempfile::TempDir,
     model_dir: PathBuf,
     base: String,
@@ -64,7 +64,7 @@ impl Server {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         Server {
-            _process: process,
+            process,
             _dir: dir,
             model_dir,
             base,
@@ -565,4 +565,31 @@ fn a_model_directory_without_weights_is_named_in_the_error() {
     assert!(!output.status.success());
     let logs = String::from_utf8_lossy(&output.stdout);
     assert!(logs.contains("model.safetensors"), "{logs}");
+}
+
+/// SIGTERM with a stream still open: the stream ends and the process exits 0 promptly.
+#[tokio::test]
+async fn sigterm_ends_open_streams_and_exits_cleanly() {
+    let mut server = Server::start(&[]).await;
+    let long = chat(
+        "Go on",
+        json!({"max_tokens": 3900, "ignore_eos": true, "stream": true}),
+    );
+    let response = server.post(&long).send().await.expect("request");
+    let mut body = response.bytes_stream();
+    body.next().await.expect("first chunk").expect("bytes");
+    let status = tokio::task::spawn_blocking(move || {
+        let status = server.process.terminate(Duration::from_secs(20));
+        (status, server)
+    })
+    .await
+    .expect("join")
+    .0
+    .expect("exited within the deadline");
+    assert!(status.success(), "{status}");
+    while let Some(piece) = body.next().await {
+        if piece.is_err() {
+            break;
+        }
+    }
 }
