@@ -5,6 +5,9 @@
 //! The list of tools lives here, next to the command that installs them, so that a test which
 //! needs a new tool adds one line below and CI on a fresh machine gets it.
 
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
 use anyhow::{Context, Result, bail};
 use xshell::{Shell, cmd};
 
@@ -36,6 +39,23 @@ pub const DEBIAN_TOOLS: &[DebianTool] = &[
     DebianTool {
         program: "wrk",
         package: "wrk",
+    },
+    // The push tests: the distribution registry, fixtures, round-trip checks, htpasswd.
+    DebianTool {
+        program: "docker-registry",
+        package: "docker-registry",
+    },
+    DebianTool {
+        program: "umoci",
+        package: "umoci",
+    },
+    DebianTool {
+        program: "skopeo",
+        package: "skopeo",
+    },
+    DebianTool {
+        program: "htpasswd",
+        package: "apache2-utils",
     },
 ];
 
@@ -69,11 +89,68 @@ pub fn run(args: &TestArgs) -> Result<()> {
     ensure_debian_tools(&sh)?;
     ensure_cargo_tools(&sh)?;
     step("cargo test");
-    let extra = &args.cargo_test_args;
-    cmd!(sh, "cargo test --workspace --locked {extra...}")
-        .run()
-        .context("tests failed")?;
+    let tally = run_cargo_test(&args.cargo_test_args)?;
+    // One plain closing line for the whole workspace: cargo's own last line is that of the last
+    // test binary alone (often a doc-test run with nothing in it).
+    println!(
+        "\nworkspace: {} passed, {} failed",
+        tally.passed, tally.failed
+    );
+    if tally.failed > 0 || !tally.all_binaries_succeeded {
+        bail!("tests failed");
+    }
     Ok(())
+}
+
+/// The sum of the `test result:` lines of every test binary cargo ran.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct TestTally {
+    passed: u64,
+    failed: u64,
+    all_binaries_succeeded: bool,
+}
+
+impl TestTally {
+    /// Adds one line of `cargo test` output when it is a `test result:` line.
+    fn add_line(&mut self, line: &str) {
+        let Some(rest) = line.trim().strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split(';') {
+            let mut words = part.split_whitespace().rev();
+            let (Some(label), Some(count)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(count) = count.parse::<u64>() else {
+                continue;
+            };
+            match label {
+                "passed" => self.passed += count,
+                "failed" => self.failed += count,
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Runs `cargo test` over the workspace, echoing its output while tallying the results.
+fn run_cargo_test(extra_args: &[String]) -> Result<TestTally> {
+    let mut child = Command::new(env!("CARGO"))
+        .current_dir(project::root())
+        .args(["test", "--workspace", "--locked", "--no-fail-fast"])
+        .args(extra_args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting cargo test")?;
+    let stdout = child.stdout.take().context("cargo test's stdout")?;
+    let mut tally = TestTally::default();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("reading cargo test's output")?;
+        println!("{line}");
+        tally.add_line(&line);
+    }
+    tally.all_binaries_succeeded = child.wait().context("waiting for cargo test")?.success();
+    Ok(tally)
 }
 
 fn step(name: &str) {
@@ -143,4 +220,23 @@ fn ensure_cargo_tools(sh: &Shell) -> Result<()> {
             .with_context(|| format!("cargo install {}", install_args.join(" ")))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tally_sums_result_lines_and_ignores_the_rest() {
+        let mut tally = TestTally::default();
+        for line in [
+            "running 3 tests",
+            "test tests::a ... ok",
+            "test result: ok. 3 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.00s",
+            "test result: FAILED. 5 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out; finished in 1.20s",
+        ] {
+            tally.add_line(line);
+        }
+        assert_eq!((tally.passed, tally.failed), (8, 2));
+    }
 }

@@ -1,7 +1,9 @@
-//! `cargo xtask bench NAME`: benchmarks that measure cairn against the real alternative and
-//! print the ratio. One file per benchmark; this module only dispatches.
+//! `cargo xtask bench NAME`: benchmarks that put a cairn component next to the real alternative
+//! in one run and print the ratio. One file per benchmark.
 
+mod gateway;
 mod inference;
+mod push;
 
 use anyhow::Result;
 
@@ -13,6 +15,10 @@ pub struct BenchArgs {
 
 #[derive(Debug, clap::Subcommand)]
 enum Bench {
+    /// The gateway vs nginx `proxy_pass` (keepalive upstream) in front of the same upstream, with wrk.
+    Gateway(gateway::GatewayBenchArgs),
+    /// cairn push vs `skopeo copy oci:… docker://…` to a local registry: first push and re-push.
+    Push(push::PushBenchArgs),
     /// Time to first token and decode tokens/s of the inference service on a Qwen2.5-0.5B-shaped
     /// random model, next to PyTorch + transformers running the same weights.
     Inference(inference::InferenceBenchArgs),
@@ -20,6 +26,8 @@ enum Bench {
 
 pub fn run(args: &BenchArgs) -> Result<()> {
     match &args.bench {
+        Bench::Gateway(args) => gateway::run(args),
+        Bench::Push(args) => push::run(args),
         Bench::Inference(args) => inference::run(args),
     }
 }
