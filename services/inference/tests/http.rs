@@ -593,3 +593,49 @@ async fn sigterm_ends_open_streams_and_exits_cleanly() {
         }
     }
 }
+
+/// Two workers serve two requests at once, each with its own KV cache over shared weights, and
+/// a greedy answer is the same whether or not another request runs beside it.
+#[tokio::test]
+async fn two_workers_serve_two_requests_at_once() {
+    let server = Server::start(&[("WORKERS", "2")]).await;
+    let greedy = chat(
+        "Same answer?",
+        json!({"max_tokens": 12, "temperature": 0, "ignore_eos": true}),
+    );
+    let alone = server.complete(&greedy).await;
+    let long = chat(
+        "Go on",
+        json!({"max_tokens": 3900, "ignore_eos": true, "stream": true}),
+    );
+    let mut streams = Vec::new();
+    for _ in 0..2 {
+        let response = server.post(&long).send().await.expect("request");
+        let mut body = response.bytes_stream();
+        let mut seen = String::new();
+        while seen.matches("data:").count() < 3 {
+            let piece = body.next().await.expect("stream goes on").expect("bytes");
+            seen.push_str(&String::from_utf8_lossy(&piece));
+        }
+        streams.push(body);
+    }
+    let metrics = server.metrics().await;
+    assert_eq!(
+        sample(&metrics, "vllm:num_requests_running", MODEL),
+        2.0,
+        "{metrics}"
+    );
+    drop(streams);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while sample(&server.metrics().await, "vllm:num_requests_running", MODEL) != 0.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "streams not cancelled"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (a, b) = tokio::join!(server.complete(&greedy), server.complete(&greedy));
+    let content = |answer: &Value| answer["choices"][0]["message"]["content"].clone();
+    assert_eq!(content(&a), content(&alone));
+    assert_eq!(content(&b), content(&alone));
+}
