@@ -2,6 +2,7 @@
 //! in one run and print the ratio. One file per benchmark.
 
 mod gateway;
+mod image;
 mod inference;
 mod push;
 
@@ -19,6 +20,8 @@ enum Bench {
     Gateway(gateway::GatewayBenchArgs),
     /// cairn push vs `skopeo copy oci:… docker://…` to a local registry: first push and re-push.
     Push(push::PushBenchArgs),
+    /// cairn's assembler vs umoci (new + insert + config) on the same files, plus a no-op re-run.
+    Image(image::BenchImageArgs),
     /// Time to first token and decode tokens/s of the inference service on a Qwen2.5-0.5B-shaped
     /// random model, next to PyTorch + transformers running the same weights.
     Inference(inference::InferenceBenchArgs),
@@ -28,6 +31,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     match &args.bench {
         Bench::Gateway(args) => gateway::run(args),
         Bench::Push(args) => push::run(args),
+        Bench::Image(args) => image::run(args),
         Bench::Inference(args) => inference::run(args),
     }
 }
