@@ -30,7 +30,7 @@ enum Command {
     Push(push::PushArgs),
     /// Render nginx, compose and .env examples for every server from the topology.
     Render(render::RenderArgs),
-    /// Run a benchmark against the real alternative (`cargo xtask bench gateway|image|push`).
+    /// Run a benchmark against the real alternative (`cargo xtask bench gateway|image|push|inference`).
     Bench(bench::BenchArgs),
     /// Run the whole test suite: fmt, clippy, install missing tools, every test of the workspace.
     Test(test::TestArgs),
