@@ -40,22 +40,56 @@ pub const DEBIAN_TOOLS: &[DebianTool] = &[
         program: "wrk",
         package: "wrk",
     },
-    // The push tests: the distribution registry, fixtures, round-trip checks, htpasswd.
+    // render: nginx -t in fresh namespaces with a self-signed certificate, and docker-compose's
+    // own reading of the rendered compose files.
+    DebianTool {
+        program: "unshare",
+        package: "util-linux",
+    },
+    DebianTool {
+        program: "ip",
+        package: "iproute2",
+    },
+    DebianTool {
+        program: "openssl",
+        package: "openssl",
+    },
+    DebianTool {
+        program: "docker-compose",
+        package: "docker-compose",
+    },
+    // The registry and image tests: the distribution registry, OCI tools, runc, htpasswd.
     DebianTool {
         program: "docker-registry",
         package: "docker-registry",
-    },
-    DebianTool {
-        program: "umoci",
-        package: "umoci",
     },
     DebianTool {
         program: "skopeo",
         package: "skopeo",
     },
     DebianTool {
+        program: "umoci",
+        package: "umoci",
+    },
+    DebianTool {
         program: "htpasswd",
         package: "apache2-utils",
+    },
+    DebianTool {
+        program: "runc",
+        package: "runc",
+    },
+    DebianTool {
+        program: "docker",
+        package: "docker.io",
+    },
+    DebianTool {
+        program: "pip3",
+        package: "python3-pip",
+    },
+    DebianTool {
+        program: "git",
+        package: "git",
     },
     // The api's tests run initdb and postgres from /usr/lib/postgresql/<version>/bin (Debian
     // keeps them off PATH); pg_ctlcluster is on PATH whenever the package is installed.

@@ -3,6 +3,8 @@
 
 mod api;
 mod gateway;
+mod image;
+mod inference;
 mod push;
 
 use anyhow::Result;
@@ -22,6 +24,11 @@ enum Bench {
     /// The release api under concurrent load with wrk: `/api/health/ready` and an authenticated
     /// session listing, against a real PostgreSQL.
     Api(api::ApiBenchArgs),
+    /// cairn's assembler vs umoci (new + insert + config) on the same files, plus a no-op re-run.
+    Image(image::BenchImageArgs),
+    /// Time to first token and decode tokens/s of the inference service on a Qwen2.5-0.5B-shaped
+    /// random model, next to PyTorch + transformers running the same weights.
+    Inference(inference::InferenceBenchArgs),
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
@@ -29,5 +36,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         Bench::Gateway(args) => gateway::run(args),
         Bench::Push(args) => push::run(args),
         Bench::Api(args) => api::run(args),
+        Bench::Image(args) => image::run(args),
+        Bench::Inference(args) => inference::run(args),
     }
 }
