@@ -40,6 +40,10 @@ pub const DEBIAN_TOOLS: &[DebianTool] = &[
         program: "wrk",
         package: "wrk",
     },
+    DebianTool {
+        program: "nix-instantiate",
+        package: "nix-bin",
+    },
 ];
 
 /// A program the test suite runs that comes from crates.io, installed with `cargo install`.
@@ -50,7 +54,10 @@ pub struct CargoTool {
     pub install_args: &'static [&'static str],
 }
 
-pub const CARGO_TOOLS: &[CargoTool] = &[];
+pub const CARGO_TOOLS: &[CargoTool] = &[CargoTool {
+    program: "deadnix",
+    install_args: &["--locked", "deadnix", "--version", "1.3.1"],
+}];
 
 pub fn run(args: &TestArgs) -> Result<()> {
     let sh = Shell::new()?;
