@@ -30,7 +30,6 @@ let
     seaweedMaster = 9333;
     seaweedVolume = 8081; # its default, 8080, is the gateway's
     seaweedFiler = 8888;
-    processCompose = 8079; # its default, 8080, is the gateway's
   };
   local = port: "127.0.0.1:${toString port}";
   url = port: "http://${local port}";
@@ -87,8 +86,8 @@ let
   '';
 
   stack = {
+    # services-flake turns process-compose's own HTTP server off, so it does not take port 8080.
     cli = {
-      options.port = ports.processCompose;
       # One secret shared by the api (issues JWTs) and the gateway (verifies them); generated
       # per run, never printed.
       preHook = ''
