@@ -46,9 +46,18 @@ fn nix_files(dir: &Path) -> Vec<PathBuf> {
     found
 }
 
+/// `nix-instantiate` on the `dummy://` store: parsing and evaluating plain expressions need no
+/// store, so the tests run the same without a Nix daemon or inside the Nix build sandbox.
+fn nix_command(nix_instantiate: &Path) -> Command {
+    let mut command = Command::new(nix_instantiate);
+    command.args(["--store", "dummy://"]);
+    command
+}
+
 /// `nix-instantiate --parse FILE`: Ok, or Nix's message (which names the file, line and column).
+/// Parsing also resolves variables, so an undefined name is an error here too.
 fn parse_nix(nix_instantiate: &Path, file: &Path) -> Result<(), String> {
-    let output = Command::new(nix_instantiate)
+    let output = nix_command(nix_instantiate)
         .arg("--parse")
         .arg(file)
         .output()
@@ -96,6 +105,15 @@ fn a_broken_nix_file_is_reported_with_its_line() {
         message.contains("broken.nix:2"),
         "message names the file and line: {message}"
     );
+
+    let file = dir.join("undefined.nix");
+    std::fs::write(&file, "{ pkgs }:\n{ a = pkgs.hello;\n  b = pkgz.hello; }\n")
+        .expect("write undefined.nix");
+    let message = parse_nix(&nix, &file).expect_err("an undefined variable must not parse");
+    assert!(
+        message.contains("undefined variable 'pkgz'") && message.contains("undefined.nix:3"),
+        "message names the variable, file and line: {message}"
+    );
 }
 
 fn deadnix(args: &[&Path]) -> Option<std::process::Output> {
@@ -142,7 +160,7 @@ fn deadnix_fails_on_an_unused_binding() {
 /// flake.nix's `inputs`, evaluated by Nix itself (offline: `outputs` is never called).
 fn declared_inputs(nix: &Path, flake: &Path) -> Value {
     let expr = format!("(import {}).inputs", flake.display());
-    let output = Command::new(nix)
+    let output = nix_command(nix)
         .args(["--eval", "--json", "--strict", "-E", &expr])
         .output()
         .expect("run nix-instantiate --eval");
