@@ -21,8 +21,7 @@ let
     pkgs.apacheHttpd # htpasswd
     pkgs.wrk
     pkgs.hyperfine
-    pkgs.nix
-    pkgs.deadnix
+    pkgs.deadnix # nix-instantiate comes with the Nix that runs `nix develop`
   ];
 
   default = craneLib.devShell {
