@@ -44,6 +44,18 @@ pub const DEBIAN_TOOLS: &[DebianTool] = &[
         program: "nix-instantiate",
         package: "nix-bin",
     },
+    DebianTool {
+        program: "patchelf",
+        package: "patchelf",
+    },
+    DebianTool {
+        program: "skopeo",
+        package: "skopeo",
+    },
+    DebianTool {
+        program: "umoci",
+        package: "umoci",
+    },
 ];
 
 /// A program the test suite runs that comes from crates.io, installed with `cargo install`.
