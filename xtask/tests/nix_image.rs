@@ -133,14 +133,14 @@ fn the_flakes_assembler_command_turns_a_store_closure_into_an_image_skopeo_reads
     ) else {
         return;
     };
+    let dir = scratch_dir("nix-image");
+    let (closure, binary) = store_like_closure(&dir, &patchelf);
     if !xtask_has_image_command() {
         eprintln!(
             "SKIPPED: xtask has no `image` subcommand yet (the assembler lands from branch image)"
         );
         return;
     }
-    let dir = scratch_dir("nix-image");
-    let (closure, binary) = store_like_closure(&dir, &patchelf);
     let layout = dir.join("oci");
     let values = BTreeMap::from([
         ("name", PathBuf::from(IMAGE)),
