@@ -124,9 +124,22 @@ let
       s3-bucket = {
         command = pkgs.writeShellApplication {
           name = "cairn-dev-s3-bucket";
-          runtimeInputs = [ pkgs.seaweedfs ];
+          runtimeInputs = [
+            pkgs.seaweedfs
+            pkgs.gnugrep
+          ];
           text = ''
-            echo "s3.bucket.create -name ${bucket}" | weed shell -master=${local ports.seaweedMaster}
+            weed_shell() {
+              echo "$1" | weed shell -master=${local ports.seaweedMaster} -filer=${local ports.seaweedFiler}
+            }
+            # Idempotent: the data directory outlives one run. (Output is captured before grep
+            # so that grep -q closing the pipe early cannot fail the pipeline under pipefail.)
+            buckets="$(weed_shell "s3.bucket.list")"
+            if ! grep -qw ${bucket} <<<"$buckets"; then
+              weed_shell "s3.bucket.create -name ${bucket}"
+              buckets="$(weed_shell "s3.bucket.list")"
+              grep -qw ${bucket} <<<"$buckets"
+            fi
           '';
         };
         depends_on = healthy [ "s3" ];
