@@ -374,3 +374,60 @@ fn flake_toolchain_is_the_version_rust_toolchain_toml_pins() {
         "rust-toolchain.toml and nix/toolchain.nix disagree on the Rust version"
     );
 }
+
+#[test]
+fn every_file_under_nix_is_wired_into_the_flake() {
+    let flake = std::fs::read_to_string(root().join("flake.nix")).expect("read flake.nix");
+    let mut entries: Vec<_> = std::fs::read_dir(root().join("nix"))
+        .expect("read nix/")
+        .map(|entry| entry.expect("dir entry").file_name())
+        .collect();
+    entries.sort();
+    let orphans: Vec<_> = entries
+        .iter()
+        .map(|name| name.to_string_lossy().into_owned())
+        .filter(|name| !flake.contains(&format!("./nix/{name}")))
+        .collect();
+    assert!(
+        orphans.is_empty(),
+        "files under nix/ that flake.nix never references: {orphans:?}"
+    );
+}
+
+#[test]
+fn the_image_command_is_quotable_and_uses_only_declared_placeholders() {
+    let path = root().join("nix/image-command.json");
+    let command: Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("read image-command.json"))
+            .expect("image-command.json is JSON");
+    let placeholders: BTreeSet<String> = command["placeholders"]
+        .as_array()
+        .expect("placeholders")
+        .iter()
+        .map(|p| format!("@{}@", p.as_str().expect("placeholder names are strings")))
+        .collect();
+    for list in ["argv", "cudaArgv"] {
+        for arg in command[list].as_array().expect("argument list") {
+            let arg = arg.as_str().expect("arguments are strings");
+            // nix/images.nix double-quotes each argument: these characters need nothing more.
+            assert!(
+                arg.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "@._/=-".contains(c)),
+                "{}: `{arg}` in {list} needs shell quoting",
+                path.display()
+            );
+            let mut rest = arg;
+            while let Some(start) = rest.find('@') {
+                let end = rest[start + 1..]
+                    .find('@')
+                    .unwrap_or_else(|| panic!("unclosed placeholder in `{arg}`"));
+                let placeholder = &rest[start..start + end + 2];
+                assert!(
+                    placeholders.contains(placeholder),
+                    "`{placeholder}` in {list} is not declared in placeholders"
+                );
+                rest = &rest[start + end + 2..];
+            }
+        }
+    }
+}
