@@ -17,6 +17,7 @@
 
   outputs =
     {
+      self,
       nixpkgs,
       crane,
       fenix,
@@ -26,6 +27,14 @@
     }:
     let
       inherit (nixpkgs) lib;
+
+      # What `cargo xtask build|image` reads from git, taken from the flake's source instead:
+      # the commit time (the same default SOURCE_DATE_EPOCH as the cargo backend) and revision.
+      provenance = {
+        SOURCE_DATE_EPOCH = toString (self.lastModified or 0);
+        CAIRN_REVISION = self.rev or self.dirtyRev or "dirty";
+      };
+
       systems = [
         "x86_64-linux"
         "aarch64-linux"
@@ -45,7 +54,7 @@
             root = ./.;
           };
           images = import ./nix/images.nix {
-            inherit pkgs packages;
+            inherit pkgs packages provenance;
             imageCommand = ./nix/image-command.json;
           };
           dev = import ./nix/dev.nix {

@@ -1,14 +1,21 @@
 # `images.<name>`: OCI image layouts written by cairn's own assembler (the store-built xtask) from
 # a package's store closure, so Nix images follow the same layer and metadata rules as
-# `cargo xtask image`. Owns how a closure becomes the assembler's input; must never lay out an
+# `cargo xtask image`. Owns how a package becomes the assembler's input; must never lay out an
 # image itself (no dockerTools, no tar here).
 #
+# Inside the build sandbox the package's runtime closure is exactly what /nix/store holds, and the
+# assembler reads the binary's ELF closure (interpreter, DT_NEEDED, RUNPATH) from there: the
+# libraries are packed at their store paths, so RUNPATH and the interpreter resolve unchanged.
+# CUDA runtime libraries are handed over as one directory and get their own layers.
+#
 # The assembler's command line is data, nix/image-command.json, shared with the Rust test that
-# runs the very same command on a store-like closure directory it builds (xtask/tests/flake.rs).
+# runs the very same command on a store-like closure it mounts at /nix/store
+# (xtask/tests/nix_image.rs).
 {
   pkgs,
   packages,
   imageCommand,
+  provenance,
 }:
 let
   inherit (pkgs) lib;
@@ -25,19 +32,6 @@ let
     ''"${builtins.replaceStrings (map (v: "@${v}@") command.placeholders) (map (v: "\${${v}}") command.placeholders) arg}"'';
   toShellWords = args: lib.concatMapStringsSep " " toShellWord args;
 
-  # Copies store paths into DIR/nix/store/… (a closure directory as the assembler reads it),
-  # leaving out the package itself and, for CUDA images, the CUDA runtime libraries.
-  copyClosure = ''
-    copy_closure() {
-      local paths="$1" dir="$2" skip="$3"
-      mkdir -p "$dir/nix/store"
-      while read -r path; do
-        case " $skip " in *" $path "*) continue ;; esac
-        cp -a "$path" "$dir/nix/store/"
-      done < "$paths"
-    }
-  '';
-
   mkImage =
     {
       name,
@@ -48,25 +42,26 @@ let
     pkgs.runCommand "cairn-image-${name}"
       {
         nativeBuildInputs = [ xtask ];
-        closurePaths = "${pkgs.closureInfo { rootPaths = [ package ]; }}/store-paths";
-        skipPaths = lib.concatStringsSep " " ([ "${package}" ] ++ map (p: "${lib.getLib p}") cudaLibraries);
         cudaLibDirs = lib.concatMapStringsSep " " (p: "${lib.getLib p}/lib") cudaLibraries;
         imageName = name;
         binaryPath = "${package}/bin/${binaryName}";
-        SOURCE_DATE_EPOCH = "1";
+        caBundleFile = "${pkgs.cacert}/etc/ssl/certs/ca-bundle.crt";
+        inherit (provenance) SOURCE_DATE_EPOCH CAIRN_REVISION;
+        CAIRN_VERSION = package.version or "0.0.0";
       }
       ''
-        ${copyClosure}
         name="$imageName"
         binary="$binaryPath"
-        closure="$PWD/closure"
+        caBundle="$caBundleFile"
+        cache="$PWD/cache"
         cuda="$PWD/cuda"
-        copy_closure "$closurePaths" "$closure" "$skipPaths"
         mkdir -p "$cuda"
         for dir in $cudaLibDirs; do
-          # Runtime libraries only: the libcuda stub (lib/stubs) is never packed.
-          find "$dir" -maxdepth 1 -name '*.so*' -exec cp -L {} "$cuda/" \;
+          # Runtime libraries only: the libcuda stub (lib/stubs) is never packed. Symlinks stay
+          # symlinks (one copy of each library); one that leaves its store path is resolved.
+          find "$dir" -maxdepth 1 -name '*.so*' -exec cp -P {} "$cuda/" \;
         done
+        find "$cuda" -lname '/*' -exec sh -c 'cp --remove-destination "$(readlink -f "$1")" "$1"' _ {} \;
         xtask ${toShellWords command.argv} ${lib.optionalString (cudaLibraries != [ ]) (toShellWords command.cudaArgv)}
       '';
 

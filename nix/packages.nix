@@ -55,8 +55,8 @@ let
     inherit src version;
     pname = "cairn";
     strictDeps = true;
-    # Fixed timestamp for anything a build script stamps; same default as `cargo xtask build`.
-    SOURCE_DATE_EPOCH = "1";
+    # SOURCE_DATE_EPOCH stays nixpkgs' fixed default here: the commit time would change the
+    # dependency build's inputs on every commit and defeat its cache. Images use the commit time.
   };
 
   # ONE dependency build for the workspace: clippy/test/check artefacts and the glibc release
@@ -103,6 +103,7 @@ let
     name:
     pkgs.runCommand "${name}-${version}"
       {
+        inherit version;
         allowedReferences = [ ];
         meta.mainProgram = name;
       }

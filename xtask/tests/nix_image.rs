@@ -1,8 +1,10 @@
 //! The assembler command the flake's image derivations run (`nix/image-command.json`, read by
-//! `nix/images.nix`), run here with the same arguments on a store-like closure directory built by
-//! the test: a dynamically linked binary whose interpreter and RUNPATH point into
-//! `/nix/store/…-glibc`, as every glibc binary Nix builds does. The layout it writes must be one
-//! skopeo reads, and the binary must start from the image's root filesystem.
+//! `nix/images.nix`), run here with the same arguments on a store-like closure built by the test:
+//! a dynamically linked binary whose interpreter and RUNPATH point into `/nix/store/…-glibc`, as
+//! every glibc binary Nix builds does. As inside a Nix build sandbox, that closure is what
+//! `/nix/store` holds while the assembler runs (a bind mount in a private mount namespace; the
+//! machine's own store is untouched). The layout must be one skopeo reads, and the binary must
+//! start from the image's root filesystem.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -10,10 +12,12 @@ use std::process::Command;
 
 use serde_json::Value;
 
-const GLIBC: &str = "/nix/store/0c7c0ip9h0qs4bd8xmp8m2nxlbzyp4ra-glibc-cairn-test";
-const PACKAGE: &str = "/nix/store/1wh6m2mlpv2yd7k2aiz3jgbf5wxc0y6z-hello-cairn-test";
+const STORE: &str = "/nix/store";
+const GLIBC: &str = "0c7c0ip9h0qs4bd8xmp8m2nxlbzyp4ra-glibc-cairn-test";
+const PACKAGE: &str = "1wh6m2mlpv2yd7k2aiz3jgbf5wxc0y6z-hello-cairn-test";
 const IMAGE: &str = "hello";
 const GREETING: &str = "hello-from-the-closure";
+const HOST_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -59,22 +63,19 @@ fn host_library(name: &str) -> PathBuf {
     .expect("canonical library path")
 }
 
-/// A closure directory (`closure/nix/store/…-glibc/lib`) and a package binary patched to load
-/// its interpreter and libc from that store path, like a Nix-built glibc binary.
+/// A store directory holding `…-glibc/lib` (interpreter, libc, a symlink) and `…-hello/bin/hello`
+/// patched to load its interpreter and libc from that store path, like a Nix-built binary.
+/// Returns the store directory and the binary's path as seen once it is mounted at /nix/store.
 fn store_like_closure(dir: &Path, patchelf: &Path) -> (PathBuf, PathBuf) {
-    let closure = dir.join("closure");
-    let glibc_lib = closure.join(GLIBC.trim_start_matches('/')).join("lib");
+    let store = dir.join("store");
+    let glibc_lib = store.join(GLIBC).join("lib");
     std::fs::create_dir_all(&glibc_lib).expect("create glibc dir");
     let interpreter = run(Command::new(patchelf).args(["--print-interpreter", "/bin/echo"]));
-    let interpreter_name = Path::new(interpreter.trim())
-        .file_name()
-        .expect("interpreter file name")
-        .to_owned();
+    let interpreter = Path::new(interpreter.trim());
+    let interpreter_name = interpreter.file_name().expect("interpreter file name");
     std::fs::copy(
-        Path::new(interpreter.trim())
-            .canonicalize()
-            .expect("interpreter"),
-        glibc_lib.join(&interpreter_name),
+        interpreter.canonicalize().expect("interpreter"),
+        glibc_lib.join(interpreter_name),
     )
     .expect("copy interpreter");
     for needed in run(Command::new(patchelf).args(["--print-needed", "/bin/echo"])).lines() {
@@ -82,19 +83,20 @@ fn store_like_closure(dir: &Path, patchelf: &Path) -> (PathBuf, PathBuf) {
     }
     std::os::unix::fs::symlink("libc.so.6", glibc_lib.join("libc.so")).expect("symlink");
 
-    let binary = dir
-        .join("package")
-        .join(PACKAGE.trim_start_matches('/'))
-        .join("bin/hello");
+    let binary = store.join(PACKAGE).join("bin").join(IMAGE);
     std::fs::create_dir_all(binary.parent().expect("bin dir")).expect("create bin dir");
     std::fs::copy("/bin/echo", &binary).expect("copy /bin/echo");
+    let mounted_glibc_lib = Path::new(STORE).join(GLIBC).join("lib");
     run(Command::new(patchelf)
         .arg("--set-interpreter")
-        .arg(Path::new(GLIBC).join("lib").join(&interpreter_name))
+        .arg(mounted_glibc_lib.join(interpreter_name))
         .arg("--set-rpath")
-        .arg(Path::new(GLIBC).join("lib"))
+        .arg(&mounted_glibc_lib)
         .arg(&binary));
-    (closure, binary)
+    (
+        store,
+        Path::new(STORE).join(PACKAGE).join("bin").join(IMAGE),
+    )
 }
 
 /// nix/image-command.json's arguments with the placeholders filled in, as nix/images.nix does.
@@ -127,31 +129,49 @@ fn xtask_has_image_command() -> bool {
 
 #[test]
 fn the_flakes_assembler_command_turns_a_store_closure_into_an_image_skopeo_reads() {
-    let (Some(patchelf), Some(skopeo)) = (
+    let (Some(patchelf), Some(skopeo), Some(umoci)) = (
         testkit::require_tool("patchelf", "apt-get install patchelf"),
         testkit::require_tool("skopeo", "apt-get install skopeo"),
+        testkit::require_tool("umoci", "apt-get install umoci"),
     ) else {
         return;
     };
     let dir = scratch_dir("nix-image");
-    let (closure, binary) = store_like_closure(&dir, &patchelf);
+    let (store, binary) = store_like_closure(&dir, &patchelf);
     if !xtask_has_image_command() {
         eprintln!(
             "SKIPPED: xtask has no `image` subcommand yet (the assembler lands from branch image)"
         );
         return;
     }
+    if !testkit::is_root() {
+        assert!(
+            !testkit::in_ci(),
+            "CI runs as root: mounting the closure needs it"
+        );
+        eprintln!("SKIPPED: mounting the closure at /nix/store needs root");
+        return;
+    }
+    std::fs::create_dir_all(STORE).expect("create the /nix/store mount point");
     let layout = dir.join("oci");
     let values = BTreeMap::from([
         ("name", PathBuf::from(IMAGE)),
         ("binary", binary),
-        ("closure", closure),
-        ("cuda", dir.join("no-cuda")),
         ("out", layout.clone()),
+        ("caBundle", PathBuf::from(HOST_CA_BUNDLE)),
+        ("cache", dir.join("cache")),
+        ("cuda", dir.join("no-cuda")),
     ]);
-    run(Command::new(env!("CARGO_BIN_EXE_xtask"))
+    run(Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(r#"mount --bind "$1" /nix/store && shift && exec "$@""#)
+        .arg("sh")
+        .arg(&store)
+        .arg(env!("CARGO_BIN_EXE_xtask"))
         .args(assembler_arguments(&values, false))
-        .env("SOURCE_DATE_EPOCH", "1"));
+        .env("SOURCE_DATE_EPOCH", "1")
+        .env("CAIRN_REVISION", "test")
+        .env("CAIRN_VERSION", "0.0.0"));
 
     let reference = format!("oci:{}:{IMAGE}", layout.display());
     let config: Value = serde_json::from_str(&run(
@@ -166,19 +186,6 @@ fn the_flakes_assembler_command_turns_a_store_closure_into_an_image_skopeo_reads
         .collect();
     assert!(!entrypoint.is_empty(), "empty Entrypoint in {config}");
 
-    if testkit::is_root() {
-        boots_from_its_root_filesystem(&dir, &layout, &entrypoint);
-    } else {
-        eprintln!("SKIPPED (root only): starting the binary inside the image's root filesystem");
-    }
-}
-
-/// Unpacks the image with umoci and runs its entrypoint chrooted into the rootfs: the
-/// interpreter and libc must come from the closure's store paths inside the image.
-fn boots_from_its_root_filesystem(dir: &Path, layout: &Path, entrypoint: &[String]) {
-    let Some(umoci) = testkit::require_tool("umoci", "apt-get install umoci") else {
-        return;
-    };
     let bundle = dir.join("bundle");
     run(Command::new(umoci)
         .arg("unpack")
@@ -186,16 +193,14 @@ fn boots_from_its_root_filesystem(dir: &Path, layout: &Path, entrypoint: &[Strin
         .arg(format!("{}:{IMAGE}", layout.display()))
         .arg(&bundle));
     let rootfs = bundle.join("rootfs");
+    let libc = rootfs.join("nix/store").join(GLIBC).join("lib/libc.so.6");
     assert!(
-        rootfs
-            .join(GLIBC.trim_start_matches('/'))
-            .join("lib/libc.so.6")
-            .is_file(),
-        "the closure's store paths are in the image"
+        libc.is_file(),
+        "the closure's libc is packed at its store path"
     );
     let output = run(Command::new("chroot")
         .arg(&rootfs)
-        .args(entrypoint)
+        .args(&entrypoint)
         .arg(GREETING));
     assert_eq!(output.trim(), GREETING);
 }
