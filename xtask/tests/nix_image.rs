@@ -198,6 +198,17 @@ fn the_flakes_assembler_command_turns_a_store_closure_into_an_image_skopeo_reads
         libc.is_file(),
         "the closure's libc is packed at its store path"
     );
+    // Everything the binary loads comes from the closure. A library found in the host's own
+    // directories would be a hard error inside a build sandbox, where they do not exist.
+    let leaked: Vec<_> = ["lib", "lib64", "usr/lib", "usr/lib64"]
+        .iter()
+        .map(|dir| rootfs.join(dir))
+        .filter(|dir| dir.exists())
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "host library directories in an image of a store closure: {leaked:?}"
+    );
     let output = run(Command::new("chroot")
         .arg(&rootfs)
         .args(&entrypoint)
