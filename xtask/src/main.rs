@@ -1,6 +1,7 @@
 //! `cargo xtask`: cairn's build tool. Each subcommand is one stage of the pipeline in
 //! DESIGN.md and lives in its own module; `main` only parses the command line and dispatches.
 
+mod bench;
 mod project;
 mod test;
 
@@ -17,11 +18,14 @@ struct Cli {
 enum Command {
     /// Run the whole test suite: fmt, clippy, install missing tools, every test of the workspace.
     Test(test::TestArgs),
+    /// Run a benchmark against the real alternative (`cargo xtask bench gateway`).
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Test(args) => test::run(&args),
+        Command::Bench(args) => bench::run(&args),
     }
 }

@@ -1,0 +1,145 @@
+//! Every way a request can fail at the gateway, and the one place where each becomes an HTTP
+//! response: a JSON body `{"error": {"code", "message"}}` with the status the issue names
+//! (404 unknown route, 401 unauthenticated /v1, 413 body too large, 429 rate limited,
+//! 502 connect failure, 503 nobody healthy, 504 timeout).
+//!
+//! It must never log or touch pool state; callers do that before returning the error.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::response::{IntoResponse, Response};
+use http::StatusCode;
+use http::header::{HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("no route for {0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    #[error("request body larger than {limit} bytes")]
+    PayloadTooLarge { limit: u64 },
+    #[error("rate limit of the {bucket} bucket exceeded; retry after {} s", retry_after_seconds(*.retry_after))]
+    RateLimited {
+        bucket: &'static str,
+        retry_after: Duration,
+    },
+    #[error("no healthy {service} instance")]
+    NoHealthyUpstream { service: &'static str },
+    #[error("cannot connect to {service} at {upstream}: {detail}")]
+    UpstreamConnect {
+        service: &'static str,
+        upstream: String,
+        detail: String,
+    },
+    #[error("{service} at {upstream} did not answer within {timeout:?}")]
+    UpstreamTimeout {
+        service: &'static str,
+        upstream: String,
+        timeout: Duration,
+    },
+    #[error("{service} at {upstream} failed: {detail}")]
+    UpstreamFailed {
+        service: &'static str,
+        upstream: String,
+        detail: String,
+    },
+}
+
+impl GatewayError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            GatewayError::NotFound(_) => StatusCode::NOT_FOUND,
+            GatewayError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            GatewayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::NoHealthyUpstream { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::UpstreamConnect { .. } | GatewayError::UpstreamFailed { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
+            GatewayError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            GatewayError::NotFound(_) => "not_found",
+            GatewayError::Unauthorized(_) => "unauthorized",
+            GatewayError::PayloadTooLarge { .. } => "payload_too_large",
+            GatewayError::RateLimited { .. } => "rate_limited",
+            GatewayError::NoHealthyUpstream { .. } => "no_healthy_upstream",
+            GatewayError::UpstreamConnect { .. } => "upstream_connect_failed",
+            GatewayError::UpstreamTimeout { .. } => "upstream_timeout",
+            GatewayError::UpstreamFailed { .. } => "upstream_failed",
+        }
+    }
+}
+
+fn retry_after_seconds(wait: Duration) -> u64 {
+    wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
+}
+
+impl IntoResponse for GatewayError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({
+            "error": { "code": self.code(), "message": self.to_string() }
+        });
+        let mut response = (self.status(), Json(body)).into_response();
+        let headers = response.headers_mut();
+        match &self {
+            GatewayError::RateLimited { retry_after, .. } => {
+                headers.insert(
+                    RETRY_AFTER,
+                    HeaderValue::from(retry_after_seconds(*retry_after).max(1)),
+                );
+            }
+            GatewayError::Unauthorized(_) => {
+                headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+/// An error and its sources on one line, e.g. `client error (Connect): tcp connect error: Connection refused`.
+pub fn describe(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// True when some error in the chain is of type `E` (or an I/O error of `kind`, see below).
+pub fn chain_has<E: std::error::Error + 'static>(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(err);
+    while let Some(e) = current {
+        if e.is::<E>() {
+            return true;
+        }
+        current = e.source();
+    }
+    false
+}
+
+/// True when some error in the chain is an I/O error of `kind`.
+pub fn chain_has_io(err: &(dyn std::error::Error + 'static), kind: std::io::ErrorKind) -> bool {
+    let mut current = Some(err);
+    while let Some(e) = current {
+        if e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == kind)
+        {
+            return true;
+        }
+        current = e.source();
+    }
+    false
+}

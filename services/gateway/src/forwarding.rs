@@ -1,0 +1,277 @@
+//! The header rules of a forwarding proxy, as pure functions over `HeaderMap`s: hop-by-hop
+//! headers stripped (RFC 9110 §7.6.1, plus the names `Connection` lists), client-supplied
+//! internal headers (`x-cairn-*`) dropped, `X-Forwarded-*` and `X-Real-IP` set, the real client
+//! IP found through trusted proxies, and `X-Accel-Buffering: no` on event streams.
+//!
+//! It must never do I/O or look at bodies.
+
+use std::net::IpAddr;
+
+use http::HeaderMap;
+use http::header::{self, HeaderName, HeaderValue};
+use ipnet::IpNet;
+
+/// Headers that belong to one connection and are never forwarded.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Headers the gateway sets for upstreams; a client sending one is dropped, never trusted.
+pub const INTERNAL_PREFIX: &str = "x-cairn-";
+
+/// The authenticated caller of a `/v1` request, as inference sees it.
+pub const USER_HEADER: &str = "x-cairn-user";
+
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+const X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
+
+/// Who sent a request: the TCP peer, and whether the peer is a proxy we trust (nginx).
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    pub address: IpAddr,
+    pub trusted: bool,
+}
+
+impl Peer {
+    pub fn new(address: IpAddr, trusted_proxies: &[IpNet]) -> Self {
+        let address = canonical(address);
+        Peer {
+            address,
+            trusted: trusted_proxies.iter().any(|net| net.contains(&address)),
+        }
+    }
+}
+
+fn canonical(address: IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(address, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// The client's IP: the peer, unless the peer is a trusted proxy, in which case the right-most
+/// `X-Forwarded-For` entry that is not itself a trusted proxy.
+pub fn client_ip(peer: Peer, headers: &HeaderMap, trusted_proxies: &[IpNet]) -> IpAddr {
+    if !peer.trusted {
+        return peer.address;
+    }
+    let forwarded: Vec<IpAddr> = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|entry| entry.trim().parse::<IpAddr>().ok())
+        .map(canonical)
+        .collect();
+    forwarded
+        .iter()
+        .rev()
+        .find(|ip| !trusted_proxies.iter().any(|net| net.contains(*ip)))
+        .or(forwarded.first())
+        .copied()
+        .unwrap_or(peer.address)
+}
+
+/// The `Upgrade` protocol when the request asks to switch protocols (WebSocket).
+pub fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
+    let connection_says_upgrade = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    connection_says_upgrade
+        .then(|| headers.get(header::UPGRADE).cloned())
+        .flatten()
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(*name);
+    }
+}
+
+fn restore_upgrade(headers: &mut HeaderMap, upgrade: Option<HeaderValue>) {
+    if let Some(protocol) = upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, protocol);
+    }
+}
+
+/// What the gateway knows about a request when it rewrites its headers for the upstream.
+#[derive(Debug, Clone)]
+pub struct Forwarding {
+    pub peer: Peer,
+    pub client: IpAddr,
+    pub request_id: HeaderValue,
+    /// `Some(protocol)` for a WebSocket (or other) upgrade, which keeps its `Upgrade` headers.
+    pub upgrade: Option<HeaderValue>,
+}
+
+/// Rewrites a client request's headers into the upstream request's headers.
+pub fn upstream_request_headers(headers: &mut HeaderMap, forwarding: &Forwarding) {
+    strip_hop_by_hop(headers);
+    let internal: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().starts_with(INTERNAL_PREFIX))
+        .cloned()
+        .collect();
+    for name in internal {
+        headers.remove(name);
+    }
+    let peer = forwarding.peer;
+    let peer_text = peer.address.to_string();
+    let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(chain) if peer.trusted => format!("{chain}, {peer_text}"),
+        _ => peer_text,
+    };
+    if !peer.trusted {
+        headers.remove(&X_FORWARDED_PROTO);
+        headers.remove(&X_FORWARDED_HOST);
+    }
+    set(headers, X_FORWARDED_FOR, &forwarded_for);
+    if !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    }
+    if !headers.contains_key(&X_FORWARDED_HOST)
+        && let Some(host) = headers.get(header::HOST).cloned()
+    {
+        headers.insert(X_FORWARDED_HOST, host);
+    }
+    // The client's Host named the gateway; the upstream gets its own (hyper sets it from the URI).
+    headers.remove(header::HOST);
+    set(headers, X_REAL_IP, &forwarding.client.to_string());
+    headers.insert(REQUEST_ID, forwarding.request_id.clone());
+    restore_upgrade(headers, forwarding.upgrade.clone());
+}
+
+/// Rewrites an upstream response's headers for the client.
+pub fn client_response_headers(
+    headers: &mut HeaderMap,
+    request_id: &HeaderValue,
+    upgrade: Option<HeaderValue>,
+) {
+    strip_hop_by_hop(headers);
+    restore_upgrade(headers, upgrade);
+    headers.insert(REQUEST_ID, request_id.clone());
+    let is_event_stream = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with("text/event-stream"));
+    if is_event_stream {
+        headers.insert(X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
+    }
+}
+
+fn set(headers: &mut HeaderMap, name: HeaderName, value: &str) {
+    if let Ok(value) = HeaderValue::from_str(value) {
+        headers.insert(name, value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nets(list: &[&str]) -> Vec<IpNet> {
+        list.iter().map(|n| n.parse().expect("net")).collect()
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.append(
+                HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                HeaderValue::from_str(v).expect("value"),
+            );
+        }
+        map
+    }
+
+    #[test]
+    fn client_ip_believes_only_trusted_proxies() {
+        let trusted = nets(&["10.0.0.0/8"]);
+        let h = headers(&[("x-forwarded-for", "1.2.3.4, 10.0.0.7")]);
+        let nginx = Peer::new("10.0.0.5".parse().expect("ip"), &trusted);
+        assert_eq!(client_ip(nginx, &h, &trusted).to_string(), "1.2.3.4");
+        let stranger = Peer::new("5.6.7.8".parse().expect("ip"), &trusted);
+        assert_eq!(client_ip(stranger, &h, &trusted).to_string(), "5.6.7.8");
+        let spoofed = headers(&[("x-forwarded-for", "9.9.9.9, 1.2.3.4")]);
+        assert_eq!(client_ip(nginx, &spoofed, &trusted).to_string(), "1.2.3.4");
+    }
+
+    #[test]
+    fn upstream_headers_follow_the_rules() {
+        let mut h = headers(&[
+            ("host", "example.com"),
+            ("connection", "keep-alive, x-private"),
+            ("x-private", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("x-cairn-user", "admin"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-proto", "https"),
+            ("accept", "text/event-stream"),
+        ]);
+        let peer = Peer::new("5.6.7.8".parse().expect("ip"), &[]);
+        let forwarding = Forwarding {
+            peer,
+            client: peer.address,
+            request_id: HeaderValue::from_static("abc"),
+            upgrade: None,
+        };
+        upstream_request_headers(&mut h, &forwarding);
+        for gone in [
+            "connection",
+            "x-private",
+            "keep-alive",
+            "te",
+            "x-cairn-user",
+            "host",
+        ] {
+            assert!(!h.contains_key(gone), "{gone} kept: {h:?}");
+        }
+        assert_eq!(h["x-forwarded-for"], "5.6.7.8");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "example.com");
+        assert_eq!(h["x-real-ip"], "5.6.7.8");
+        assert_eq!(h["x-request-id"], "abc");
+        assert_eq!(h["accept"], "text/event-stream");
+    }
+
+    #[test]
+    fn upgrade_keeps_its_headers_and_streams_are_unbuffered() {
+        let mut h = headers(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
+        let upgrade = requested_upgrade(&h);
+        assert_eq!(upgrade.as_ref().expect("upgrade"), "websocket");
+        client_response_headers(&mut h, &HeaderValue::from_static("id"), upgrade);
+        assert_eq!(h["connection"], "upgrade");
+        assert_eq!(h["upgrade"], "websocket");
+        let mut h = headers(&[("content-type", "text/event-stream; charset=utf-8")]);
+        client_response_headers(&mut h, &HeaderValue::from_static("id"), None);
+        assert_eq!(h["x-accel-buffering"], "no");
+        assert_eq!(h["x-request-id"], "id");
+    }
+}

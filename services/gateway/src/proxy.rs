@@ -1,0 +1,245 @@
+//! Forwarding: `/api/*` to the api pool and `/v1/*` to the inference pool, paths unchanged,
+//! bodies streamed both ways (never collected, so SSE events pass as they come), WebSocket
+//! upgrades tunnelled. Before a request leaves: rate limits, `/v1` edge auth, the body limit.
+//! Connect errors eject the instance (passive health); failures map to 502/503/504.
+//!
+//! It must never parse configuration or render errors itself (that is `error`).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::response::Response;
+use http::header::{AUTHORIZATION, CONTENT_LENGTH, HeaderValue};
+use http::{StatusCode, Uri};
+use http_body_util::{LengthLimitError, Limited};
+use hyper_util::rt::TokioIo;
+use tracing::Instrument;
+
+use crate::app::AppState;
+use crate::error::{GatewayError, chain_has, chain_has_io, describe};
+use crate::forwarding::{self, Forwarding, Peer, USER_HEADER};
+use crate::observe::{RequestId, accept_or_generate};
+use crate::pool::{Instance, Pool, Service};
+
+/// The service a path belongs to; `None` is a 404.
+pub fn route(path: &str) -> Option<Service> {
+    let under = |prefix: &str| {
+        path.strip_prefix(prefix)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    };
+    if under("/api") {
+        Some(Service::Api)
+    } else if under("/v1") {
+        Some(Service::Inference)
+    } else {
+        None
+    }
+}
+
+/// The fallback handler: everything that is not the gateway's own route.
+pub async fn forward(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer_address): ConnectInfo<SocketAddr>,
+    mut request: Request,
+) -> Result<Response, GatewayError> {
+    let path = request.uri().path();
+    let service = route(path).ok_or_else(|| GatewayError::NotFound(path.to_owned()))?;
+    let peer = Peer::new(peer_address.ip(), &state.trusted_proxies);
+    let client = forwarding::client_ip(peer, request.headers(), &state.trusted_proxies);
+    state.rate_limits.check(client, path).map_err(|refusal| {
+        metrics::counter!("gateway_rate_limited_total", "bucket" => refusal.bucket.name())
+            .increment(1);
+        GatewayError::RateLimited {
+            bucket: refusal.bucket.name(),
+            retry_after: refusal.retry_after,
+        }
+    })?;
+    let caller = match service {
+        Service::Inference => Some(state.verifier.verify(request.headers())?),
+        Service::Api => None,
+    };
+    check_declared_length(&request, state.max_body_bytes)?;
+    let pool = state.pool(service);
+    let instance = pool.pick().ok_or(GatewayError::NoHealthyUpstream {
+        service: service.name(),
+    })?;
+    let request_id = request
+        .extensions()
+        .get::<RequestId>()
+        .map(|id| id.0.clone())
+        .unwrap_or_else(|| accept_or_generate(None));
+    let forwarding = Forwarding {
+        peer,
+        client,
+        request_id: request_id.clone(),
+        upgrade: forwarding::requested_upgrade(request.headers()),
+    };
+    let client_upgrade = forwarding
+        .upgrade
+        .is_some()
+        .then(|| hyper::upgrade::on(&mut request));
+    let mut outgoing = upstream_request(request, instance, &forwarding, state.max_body_bytes)?;
+    if let Some(caller) = caller {
+        // The credential stays at the edge; inference learns who called from x-cairn-user.
+        outgoing.headers_mut().remove(AUTHORIZATION);
+        if let Ok(value) = HeaderValue::from_str(&caller.header_value()) {
+            outgoing.headers_mut().insert(USER_HEADER, value);
+        }
+    }
+    let mut response = send(pool, instance, outgoing, state.max_body_bytes).await?;
+    let upgrade = match client_upgrade {
+        Some(client_side) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
+            tunnel(client_side, hyper::upgrade::on(&mut response));
+            forwarding.upgrade
+        }
+        _ => None,
+    };
+    forwarding::client_response_headers(response.headers_mut(), &request_id, upgrade);
+    Ok(response.map(Body::new))
+}
+
+fn check_declared_length(request: &Request, limit: u64) -> Result<(), GatewayError> {
+    let declared = request
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(length) if length > limit => Err(GatewayError::PayloadTooLarge { limit }),
+        _ => Ok(()),
+    }
+}
+
+fn upstream_request(
+    request: Request,
+    instance: &Instance,
+    forwarding: &Forwarding,
+    max_body_bytes: u64,
+) -> Result<http::Request<Body>, GatewayError> {
+    let (mut parts, body) = request.into_parts();
+    let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    parts.uri = Uri::builder()
+        .scheme("http")
+        .authority(instance.upstream.authority.clone())
+        .path_and_query(path_and_query)
+        .build()
+        .map_err(|err| GatewayError::UpstreamFailed {
+            service: "gateway",
+            upstream: instance.upstream.url(),
+            detail: format!("building the upstream URI: {err}"),
+        })?;
+    parts.version = http::Version::HTTP_11;
+    parts.extensions = http::Extensions::new();
+    forwarding::upstream_request_headers(&mut parts.headers, forwarding);
+    let limit = usize::try_from(max_body_bytes).unwrap_or(usize::MAX);
+    Ok(http::Request::from_parts(
+        parts,
+        Body::new(Limited::new(body, limit)),
+    ))
+}
+
+async fn send(
+    pool: &Pool,
+    instance: &Instance,
+    outgoing: http::Request<Body>,
+    max_body_bytes: u64,
+) -> Result<http::Response<hyper::body::Incoming>, GatewayError> {
+    let service = pool.service.name();
+    let upstream = || instance.upstream.url();
+    let timeout = pool.response_timeout;
+    let result = tokio::time::timeout(timeout, pool.client.request(outgoing)).await;
+    let err = match result {
+        Ok(Ok(response)) => return Ok(response),
+        Ok(Err(err)) => err,
+        Err(_) => {
+            tracing::warn!(
+                service,
+                upstream = upstream(),
+                ?timeout,
+                "upstream response timed out"
+            );
+            return Err(GatewayError::UpstreamTimeout {
+                service,
+                upstream: upstream(),
+                timeout,
+            });
+        }
+    };
+    let detail = describe(&err);
+    if chain_has::<LengthLimitError>(&err) {
+        return Err(GatewayError::PayloadTooLarge {
+            limit: max_body_bytes,
+        });
+    }
+    if err.is_connect() {
+        pool.eject(instance);
+        tracing::warn!(
+            service,
+            upstream = upstream(),
+            error = detail,
+            "upstream connect failed"
+        );
+        if chain_has_io(&err, std::io::ErrorKind::TimedOut) {
+            return Err(GatewayError::UpstreamTimeout {
+                service,
+                upstream: upstream(),
+                timeout,
+            });
+        }
+        return Err(GatewayError::UpstreamConnect {
+            service,
+            upstream: upstream(),
+            detail,
+        });
+    }
+    tracing::warn!(
+        service,
+        upstream = upstream(),
+        error = detail,
+        "upstream request failed"
+    );
+    Err(GatewayError::UpstreamFailed {
+        service,
+        upstream: upstream(),
+        detail,
+    })
+}
+
+/// Joins the client's and the upstream's upgraded connections and copies bytes both ways.
+fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    tokio::spawn(
+        async move {
+            match tokio::try_join!(client, upstream) {
+                Ok((client, upstream)) => {
+                    let mut client = TokioIo::new(client);
+                    let mut upstream = TokioIo::new(upstream);
+                    match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+                        Ok((up, down)) => {
+                            tracing::info!(bytes_up = up, bytes_down = down, "tunnel closed")
+                        }
+                        Err(err) => tracing::info!(error = %err, "tunnel ended"),
+                    }
+                }
+                Err(err) => tracing::warn!(error = %err, "upgrade failed"),
+            }
+        }
+        .instrument(tracing::Span::current()),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_by_prefix() {
+        assert_eq!(route("/api"), Some(Service::Api));
+        assert_eq!(route("/api/items?x"), Some(Service::Api));
+        assert_eq!(route("/v1/chat/completions"), Some(Service::Inference));
+        assert_eq!(route("/apix"), None);
+        assert_eq!(route("/"), None);
+        assert_eq!(route("/v2/models"), None);
+    }
+}

@@ -1,0 +1,644 @@
+//! The gateway binary against real upstream HTTP servers: routing, ejection and return,
+//! 502/503/504, health aggregation, request ids, edge auth, rate limits, body limits, SSE
+//! timing, a WebSocket echo, graceful drain, the healthcheck subcommand and bad configuration.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use futures_util::{SinkExt, StreamExt};
+use http::StatusCode;
+use http_body_util::BodyExt;
+use support::*;
+use tokio_tungstenite::tungstenite::Message;
+
+fn bearer(request: http::request::Builder, token: &str) -> http::request::Builder {
+    request.header("authorization", format!("Bearer {token}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_by_prefix_round_robin_and_protects_v1() {
+    let a = Upstream::start("api-a").await;
+    let b = Upstream::start("api-b").await;
+    let inference = Upstream::start("inference").await;
+    let port = testkit::free_port();
+    let gw = start(
+        "routing",
+        gateway_command(port, &[a.url(), b.url()], &[inference.url()]),
+    )
+    .await;
+
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let answer = get(&gw.url("/api/items/7?x=1")).await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+        let json = answer.json();
+        assert_eq!(json["uri"], "/api/items/7?x=1", "path forwarded unchanged");
+        seen.push(json["upstream"].as_str().expect("name").to_owned());
+    }
+    assert_ne!(seen[0], seen[1], "round robin: {seen:?}");
+    assert_eq!(seen[0], seen[2], "round robin: {seen:?}");
+
+    let missing = get(&gw.url("/elsewhere")).await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    assert_eq!(missing.json()["error"]["code"], "not_found");
+
+    let open = get(&gw.url("/v1/models")).await;
+    assert_eq!(open.status, StatusCode::UNAUTHORIZED, "/v1 is never open");
+    assert_eq!(open.headers["www-authenticate"], "Bearer");
+    let wrong = send(
+        bearer(http::Request::get(gw.url("/v1/models")), "nope")
+            .body(Body::empty())
+            .expect("req"),
+    )
+    .await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+
+    let keyed = send(
+        bearer(http::Request::get(gw.url("/v1/models")), API_KEY)
+            .body(Body::empty())
+            .expect("req"),
+    )
+    .await;
+    assert_eq!(keyed.status, StatusCode::OK, "{}", keyed.body);
+    let json = keyed.json();
+    assert_eq!(json["upstream"], "inference");
+    assert_eq!(json["uri"], "/v1/models");
+    assert_eq!(json["headers"]["x-cairn-user"], "api-key:0");
+    assert!(
+        json["headers"].get("authorization").is_none(),
+        "credentials stay at the edge"
+    );
+
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &serde_json::json!({"sub": "user-42", "iat": now, "exp": now + 300}),
+        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+    )
+    .expect("token");
+    let with_jwt = send(
+        bearer(http::Request::post(gw.url("/v1/chat/completions")), &token)
+            .body(Body::from("{}"))
+            .expect("req"),
+    )
+    .await;
+    assert_eq!(with_jwt.status, StatusCode::OK, "{}", with_jwt.body);
+    assert_eq!(with_jwt.json()["headers"]["x-cairn-user"], "user-42");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_ids_and_forwarded_headers() {
+    let api = Upstream::start("api").await;
+    let port = testkit::free_port();
+    let gw = start("ids", gateway_command(port, &[api.url()], &[api.url()])).await;
+
+    let request = http::Request::get(gw.url("/api/whoami"))
+        .header("x-request-id", "test-id-8c1f")
+        .header("x-cairn-user", "admin")
+        .header("connection", "x-private")
+        .header("x-private", "secret")
+        .body(Body::empty())
+        .expect("request");
+    let answer = send(request).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.headers["x-request-id"], "test-id-8c1f", "echoed");
+    let seen = &answer.json()["headers"];
+    assert_eq!(seen["x-request-id"], "test-id-8c1f", "forwarded");
+    assert!(
+        seen.get("x-cairn-user").is_none(),
+        "internal header dropped: {seen}"
+    );
+    assert!(
+        seen.get("x-private").is_none(),
+        "hop-by-hop header dropped: {seen}"
+    );
+    assert_eq!(seen["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(seen["x-forwarded-proto"], "http");
+    assert_eq!(seen["x-forwarded-host"], format!("127.0.0.1:{port}"));
+    assert_eq!(seen["host"], format!("127.0.0.1:{}", api.port));
+
+    let generated = get(&gw.url("/api/whoami")).await;
+    let id = generated.headers["x-request-id"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    assert_eq!(id.len(), 36, "a UUID: {id}");
+    assert_eq!(generated.json()["headers"]["x-request-id"], id.as_str());
+    let missing = get(&gw.url("/nowhere")).await;
+    assert!(
+        missing.headers.contains_key("x-request-id"),
+        "errors carry the id too"
+    );
+
+    eventually("the id in the JSON log", Duration::from_secs(5), || async {
+        gw.log().lines().any(|line| {
+            serde_json::from_str::<serde_json::Value>(line).is_ok_and(|v| {
+                v["span"]["request_id"] == "test-id-8c1f" && v["fields"]["status"] == 200
+            })
+        })
+    })
+    .await;
+
+    let metrics = get(&gw.url("/metrics")).await;
+    assert!(
+        metrics
+            .body
+            .contains("gateway_requests_total{route=\"api\",status=\"2xx\"}"),
+        "{}",
+        metrics.body
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ejects_a_dead_instance_and_returns_it() {
+    let a = Upstream::start("a").await;
+    let mut b = Upstream::start("b").await;
+    let port = testkit::free_port();
+    let gw = start(
+        "eject",
+        gateway_command(port, &[a.url(), b.url()], &[a.url()]),
+    )
+    .await;
+
+    let names = |n| async move {
+        let mut names = Vec::new();
+        for _ in 0..n {
+            let answer = get(&format!("http://127.0.0.1:{port}/api/who")).await;
+            names.push(
+                answer
+                    .json()
+                    .get("upstream")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("error")
+                    .to_owned(),
+            );
+        }
+        names
+    };
+    let before = names(4).await;
+    assert!(before.contains(&"b".to_owned()), "{before:?}");
+
+    b.stop().await;
+    eventually("b ejected", Duration::from_secs(10), || async {
+        names(6).await.iter().all(|n| n == "a")
+    })
+    .await;
+    let health = get(&gw.url("/api/health/all")).await;
+    assert_eq!(
+        health.status,
+        StatusCode::OK,
+        "api still has an instance: {}",
+        health.body
+    );
+    let json = health.json();
+    assert_eq!(json["status"], "degraded");
+    let api = &json["services"][0];
+    assert_eq!(api["status"], "degraded");
+    assert_eq!(api["instances"][1]["status"], "down");
+    assert_eq!(api["instances"][1]["in_rotation"], false);
+
+    b.restart().await;
+    eventually("b back in rotation", Duration::from_secs(10), || async {
+        names(4).await.contains(&"b".to_owned())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_failure_is_502_then_503_and_slow_is_504() {
+    let api = Upstream::start("api").await;
+    let port = testkit::free_port();
+    let mut command = gateway_command(port, &[api.url()], &[dead_url()]);
+    command
+        .env("GATEWAY_HEALTH_INTERVAL_MS", "60000")
+        .env("GATEWAY_HEALTH_FAILURES_TO_EJECT", "5")
+        .env("GATEWAY_API_RESPONSE_TIMEOUT_MS", "300");
+    let gw = start("errors", command).await;
+    let v1 = || {
+        bearer(http::Request::get(gw.url("/v1/models")), API_KEY)
+            .body(Body::empty())
+            .expect("req")
+    };
+
+    let first = send(v1()).await;
+    assert_eq!(first.status, StatusCode::BAD_GATEWAY, "{}", first.body);
+    assert_eq!(first.json()["error"]["code"], "upstream_connect_failed");
+    let second = send(v1()).await;
+    assert_eq!(
+        second.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "ejected after the connect error: {}",
+        second.body
+    );
+
+    let started = Instant::now();
+    let slow = get(&gw.url("/api/slow")).await;
+    assert_eq!(slow.status, StatusCode::GATEWAY_TIMEOUT, "{}", slow.body);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_all_aggregates_every_instance() {
+    let api = Upstream::start("api").await;
+    let inference = Upstream::start("inference").await;
+    let port = testkit::free_port();
+    let gw = start(
+        "health-ok",
+        gateway_command(port, &[api.url(), dead_url()], &[inference.url()]),
+    )
+    .await;
+    let answer = get(&gw.url("/api/health/all")).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    let json = answer.json();
+    assert_eq!(json["status"], "degraded");
+    assert_eq!(json["services"][0]["name"], "api");
+    assert_eq!(json["services"][0]["status"], "degraded");
+    assert_eq!(json["services"][0]["instances"][0]["status"], "up");
+    assert!(
+        json["services"][0]["instances"][0]["latency_ms"]
+            .as_f64()
+            .is_some()
+    );
+    assert_eq!(json["services"][0]["instances"][1]["status"], "down");
+    assert!(
+        json["services"][0]["instances"][1]["error"]
+            .as_str()
+            .is_some()
+    );
+    assert_eq!(json["services"][1]["status"], "ok");
+
+    let port = testkit::free_port();
+    let gw = start(
+        "health-down",
+        gateway_command(port, &[api.url()], &[dead_url()]),
+    )
+    .await;
+    let answer = get(&gw.url("/api/health/all")).await;
+    assert_eq!(
+        answer.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        answer.body
+    );
+    assert_eq!(answer.json()["status"], "down");
+    assert_eq!(answer.json()["services"][1]["status"], "down");
+
+    let port = testkit::free_port();
+    let mut optional = gateway_command(port, &[api.url()], &[dead_url()]);
+    optional.env("GATEWAY_INFERENCE_CRITICAL", "false");
+    let gw = start("health-optional", optional).await;
+    let answer = get(&gw.url("/api/health/all")).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    assert_eq!(answer.json()["status"], "degraded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_and_body_limit() {
+    let api = Upstream::start("api").await;
+    let port = testkit::free_port();
+    let mut command = gateway_command(port, &[api.url()], &[api.url()]);
+    command
+        .env("GATEWAY_RATE_AUTH", "2/m")
+        .env("GATEWAY_MAX_BODY_BYTES", "1024");
+    let gw = start("limits", command).await;
+    let login = || {
+        http::Request::post(gw.url("/api/auth/login"))
+            .body(Body::from("{}"))
+            .expect("req")
+    };
+    assert_eq!(send(login()).await.status, StatusCode::OK);
+    assert_eq!(send(login()).await.status, StatusCode::OK);
+    let refused = send(login()).await;
+    assert_eq!(
+        refused.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        refused.body
+    );
+    let retry: u64 = refused.headers["retry-after"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("seconds");
+    assert!((1..=60).contains(&retry), "Retry-After {retry}");
+    let other_client = send(
+        http::Request::post(gw.url("/api/auth/login"))
+            .header("x-forwarded-for", "203.0.113.9")
+            .body(Body::from("{}"))
+            .expect("req"),
+    )
+    .await;
+    assert_eq!(
+        other_client.status,
+        StatusCode::OK,
+        "a different client behind the trusted proxy has its own bucket"
+    );
+    assert_eq!(
+        get(&gw.url("/api/items")).await.status,
+        StatusCode::OK,
+        "other routes unaffected"
+    );
+
+    let small = send(
+        http::Request::post(gw.url("/api/upload"))
+            .body(Body::from(vec![b'x'; 1000]))
+            .expect("req"),
+    )
+    .await;
+    assert_eq!(small.status, StatusCode::OK);
+    assert_eq!(small.json()["body_bytes"], 1000);
+    let large = send(
+        http::Request::post(gw.url("/api/upload"))
+            .body(Body::from(vec![b'x'; 4096]))
+            .expect("req"),
+    )
+    .await;
+    assert_eq!(
+        large.status,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "{}",
+        large.body
+    );
+}
+
+/// Reads an SSE response, returning each event's arrival time.
+async fn event_arrivals(response: http::Response<hyper::body::Incoming>) -> Vec<(Instant, String)> {
+    let mut body = response.into_body();
+    let mut arrivals = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else { break };
+        if let Some(data) = frame.data_ref() {
+            let text = String::from_utf8_lossy(data).into_owned();
+            for event in text.split("\n\n").filter(|e| !e.is_empty()) {
+                arrivals.push((Instant::now(), event.to_owned()));
+            }
+        }
+    }
+    arrivals
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_events_arrive_one_by_one_at_their_send_times() {
+    let api = Upstream::start("api").await;
+    let port = testkit::free_port();
+    let gw = start("sse", gateway_command(port, &[api.url()], &[api.url()])).await;
+    let response = client()
+        .request(
+            http::Request::get(gw.url("/api/events?count=4"))
+                .body(Body::empty())
+                .expect("req"),
+        )
+        .await
+        .expect("response");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["x-accel-buffering"], "no");
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .expect("ascii")
+            .starts_with("text/event-stream")
+    );
+    let arrivals = event_arrivals(response).await;
+    let sent = api.sse_sent.lock().expect("lock").clone();
+    assert_eq!(arrivals.len(), 4, "{arrivals:?}");
+    assert_eq!(sent.len(), 4);
+    for (n, ((arrived, event), sent)) in arrivals.iter().zip(&sent).enumerate() {
+        assert_eq!(event, &format!("data: event {n}"));
+        let delay = arrived.duration_since(*sent);
+        assert!(
+            delay < Duration::from_millis(250),
+            "event {n} arrived {delay:?} after it was sent"
+        );
+    }
+    assert!(
+        arrivals[3].0 - arrivals[0].0 >= Duration::from_millis(800),
+        "events spread over time"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_echo_through_the_tunnel() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let echo_port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(socket).await else {
+                    return;
+                };
+                while let Some(Ok(message)) = ws.next().await {
+                    if message.is_text() || message.is_binary() {
+                        let _ = ws.send(message).await;
+                    }
+                }
+            });
+        }
+    });
+    let echo = format!("http://127.0.0.1:{echo_port}");
+    let port = testkit::free_port();
+    let mut command = gateway_command(
+        port,
+        std::slice::from_ref(&echo),
+        std::slice::from_ref(&echo),
+    );
+    // The echo server speaks only WebSocket, so its health probes fail; keep it in rotation.
+    command
+        .env("GATEWAY_HEALTH_INTERVAL_MS", "60000")
+        .env("GATEWAY_HEALTH_FAILURES_TO_EJECT", "5");
+    let gw = start("ws", command).await;
+    let (mut ws, response) =
+        tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{}/api/ws", gw.port))
+            .await
+            .expect("websocket handshake through the gateway");
+    assert!(response.headers().contains_key("x-request-id"));
+    for text in ["hello", "through the tunnel"] {
+        ws.send(Message::text(text)).await.expect("send");
+        let reply = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("echo in time");
+        assert_eq!(reply.expect("message").expect("ok"), Message::text(text));
+    }
+    ws.send(Message::binary(vec![1u8, 2, 3]))
+        .await
+        .expect("send");
+    let reply = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("echo in time");
+    assert_eq!(
+        reply.expect("message").expect("ok"),
+        Message::binary(vec![1u8, 2, 3])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_open_streams_within_the_deadline() {
+    let api = Upstream::start("api").await;
+    let port = testkit::free_port();
+    let mut gw = start("drain", gateway_command(port, &[api.url()], &[api.url()])).await;
+    let response = client()
+        .request(
+            http::Request::get(gw.url("/api/events?count=4"))
+                .body(Body::empty())
+                .expect("req"),
+        )
+        .await
+        .expect("response");
+    let reader = tokio::spawn(event_arrivals(response));
+    eventually("first event sent", Duration::from_secs(5), || async {
+        !api.sse_sent.lock().expect("lock").is_empty()
+    })
+    .await;
+    let pid = gw.guard.id().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    let arrivals = reader.await.expect("reader");
+    assert_eq!(
+        arrivals.len(),
+        4,
+        "the open stream finished after SIGTERM: {arrivals:?}"
+    );
+    let status = tokio::task::spawn_blocking(move || gw.guard.terminate(Duration::from_secs(5)))
+        .await
+        .expect("join");
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "clean exit: {status:?}"
+    );
+
+    let port = testkit::free_port();
+    let mut command = gateway_command(port, &[api.url()], &[api.url()]);
+    command.env("GATEWAY_DRAIN_TIMEOUT_MS", "300");
+    let mut gw = start("drain-deadline", command).await;
+    let response = client()
+        .request(
+            http::Request::get(gw.url("/api/events?count=20"))
+                .body(Body::empty())
+                .expect("req"),
+        )
+        .await
+        .expect("response");
+    let reader = tokio::spawn(event_arrivals(response));
+    let started = Instant::now();
+    std::process::Command::new("kill")
+        .args(["-TERM", &gw.guard.id().to_string()])
+        .status()
+        .expect("kill");
+    let status = tokio::task::spawn_blocking(move || gw.guard.terminate(Duration::from_secs(5)))
+        .await
+        .expect("join");
+    assert!(status.is_some(), "exited");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "deadline kept: {:?}",
+        started.elapsed()
+    );
+    let arrivals = reader.await.expect("reader");
+    assert!(
+        arrivals.len() < 20,
+        "the long stream was cut at the deadline"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthcheck_subcommand_follows_the_running_gateway() {
+    let api = Upstream::start("api").await;
+    let port = testkit::free_port();
+    let gw = start(
+        "healthcheck",
+        gateway_command(port, &[api.url()], &[api.url()]),
+    )
+    .await;
+    let mut check = gateway_command(port, &[api.url()], &[api.url()]);
+    check.arg("healthcheck");
+    let output = tokio::task::spawn_blocking(move || check.output())
+        .await
+        .expect("join")
+        .expect("run");
+    assert!(output.status.success(), "{output:?}");
+    drop(gw);
+    let mut check = gateway_command(port, &[api.url()], &[api.url()]);
+    check.arg("healthcheck");
+    let output = tokio::task::spawn_blocking(move || check.output())
+        .await
+        .expect("join")
+        .expect("run");
+    assert!(
+        !output.status.success(),
+        "no gateway, no health: {output:?}"
+    );
+}
+
+fn failure(mut command: std::process::Command) -> (i32, String) {
+    let output = command.output().expect("run gateway");
+    assert!(
+        !output.status.success(),
+        "gateway should refuse to start: {output:?}"
+    );
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bad_configuration_is_a_clear_error() {
+    let api = "http://127.0.0.1:9".to_owned();
+    let port = testkit::free_port();
+
+    let mut command = gateway_command(
+        port,
+        &["http://api:8000/".into(), "htp:/broken".into()],
+        std::slice::from_ref(&api),
+    );
+    let (code, stderr) = failure({
+        command.arg("serve");
+        command
+    });
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("GATEWAY_API_UPSTREAMS") && stderr.contains("htp:/broken"),
+        "{stderr}"
+    );
+
+    let file = scratch("bad-config").join("gateway.toml");
+    std::fs::write(
+        &file,
+        "listen = \"127.0.0.1:1\"\n[health_check]\ninterval_ms = 100\nretries = 3\n",
+    )
+    .expect("write");
+    let mut command = gateway_command(port, std::slice::from_ref(&api), std::slice::from_ref(&api));
+    command.env("GATEWAY_CONFIG", &file);
+    let (_, stderr) = failure(command);
+    assert!(
+        stderr.contains(file.to_str().expect("utf-8"))
+            && stderr.contains("line 4")
+            && stderr.contains("retries"),
+        "{stderr}"
+    );
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken_port = taken.local_addr().expect("addr").port();
+    let command = gateway_command(
+        taken_port,
+        std::slice::from_ref(&api),
+        std::slice::from_ref(&api),
+    );
+    let (_, stderr) = failure(command);
+    assert!(
+        stderr.contains(&format!("cannot listen on 127.0.0.1:{taken_port}")),
+        "{stderr}"
+    );
+}

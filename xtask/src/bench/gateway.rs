@@ -1,0 +1,303 @@
+//! `cargo xtask bench gateway`: the release gateway and nginx (`proxy_pass` to an `upstream`
+//! block with `keepalive`) side by side in one run, both in front of the same upstream (a
+//! separate nginx answering 200 from memory), loaded by Debian's `wrk`. Rounds alternate
+//! between the two so that drift on a shared machine hits both; it prints requests/s and p99
+//! per round, the best of each, their ratio, and the gateway's idle RSS and binary size.
+//!
+//! Access logs are off on both sides (nginx `access_log off`, gateway `RUST_LOG=warn`) and the
+//! gateway's rate limits are off, so both do the same work: forward and answer.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use testkit::ProcessGuard;
+use xshell::{Shell, cmd};
+
+use crate::project;
+
+#[derive(Debug, clap::Args)]
+pub struct GatewayBenchArgs {
+    /// Seconds of load per round and side.
+    #[arg(long, default_value_t = 10)]
+    duration: u32,
+    /// Concurrent connections wrk keeps open.
+    #[arg(long, default_value_t = 64)]
+    connections: u32,
+    /// wrk threads.
+    #[arg(long, default_value_t = 2)]
+    threads: u32,
+    /// Rounds; each runs nginx then the gateway.
+    #[arg(long, default_value_t = 2)]
+    rounds: u32,
+}
+
+/// One wrk run's result.
+#[derive(Debug, Clone, Copy)]
+struct Measurement {
+    requests_per_second: f64,
+    p99: Duration,
+}
+
+pub fn run(args: &GatewayBenchArgs) -> Result<()> {
+    for tool in ["nginx", "wrk"] {
+        if testkit::find_program(tool).is_none() {
+            bail!("{tool} is missing: apt-get install -y {tool}");
+        }
+    }
+    let root = project::root();
+    let sh = Shell::new()?;
+    sh.change_dir(&root);
+    cmd!(sh, "cargo build --release --locked -p gateway")
+        .run()
+        .context("building the release gateway")?;
+    let binary = root.join("target/release/gateway");
+    let work = root.join("target/bench/gateway");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+
+    let upstream_port = testkit::free_port();
+    let _upstream = start_nginx(&work.join("upstream"), &upstream_conf(upstream_port))?;
+    let nginx_port = testkit::free_port();
+    let _nginx = start_nginx(&work.join("proxy"), &proxy_conf(nginx_port, upstream_port))?;
+    let gateway_port = testkit::free_port();
+    let gateway = start_gateway(&binary, gateway_port, upstream_port, &work)?;
+    let idle_rss_kib = rss_kib(gateway.id())?;
+
+    let nginx_url = format!("http://127.0.0.1:{nginx_port}/api/bench");
+    let gateway_url = format!("http://127.0.0.1:{gateway_port}/api/bench");
+    for url in [&nginx_url, &gateway_url] {
+        wrk(args, url, 2).with_context(|| format!("warming up {url}"))?;
+    }
+    let mut nginx = Vec::new();
+    let mut ours = Vec::new();
+    for round in 1..=args.rounds {
+        let n = wrk(args, &nginx_url, args.duration)?;
+        let g = wrk(args, &gateway_url, args.duration)?;
+        println!(
+            "round {round}: nginx {:>9.0} req/s p99 {:>8.2?} | gateway {:>9.0} req/s p99 {:>8.2?} | ratio {:.2}x",
+            n.requests_per_second,
+            n.p99,
+            g.requests_per_second,
+            g.p99,
+            g.requests_per_second / n.requests_per_second
+        );
+        nginx.push(n);
+        ours.push(g);
+    }
+    let best = |runs: &[Measurement]| {
+        runs.iter()
+            .copied()
+            .max_by(|a, b| a.requests_per_second.total_cmp(&b.requests_per_second))
+    };
+    let (Some(n), Some(g)) = (best(&nginx), best(&ours)) else {
+        bail!("no rounds ran (--rounds 0)");
+    };
+    let size = std::fs::metadata(&binary)
+        .with_context(|| format!("reading {}", binary.display()))?
+        .len();
+    println!(
+        "\nbest of {} rounds, {} connections, {} wrk threads, {} s each, on {} cores:",
+        args.rounds,
+        args.connections,
+        args.threads,
+        args.duration,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!(
+        "  nginx   {:>9.0} req/s  p99 {:.2?}",
+        n.requests_per_second, n.p99
+    );
+    println!(
+        "  gateway {:>9.0} req/s  p99 {:.2?}",
+        g.requests_per_second, g.p99
+    );
+    println!(
+        "  ratio   {:.2}x nginx's requests/s (target >= 0.90x)",
+        g.requests_per_second / n.requests_per_second
+    );
+    println!(
+        "  gateway idle RSS {} KiB, stripped binary {:.2} MiB ({size} bytes)",
+        idle_rss_kib,
+        size as f64 / 1048576.0
+    );
+    Ok(())
+}
+
+fn upstream_conf(port: u16) -> String {
+    format!(
+        "worker_processes 1;\n{common}\nhttp {{\n  access_log off;\n  keepalive_requests 1000000;\n{temps}\n  server {{\n    listen 127.0.0.1:{port} reuseport;\n    location / {{ default_type text/plain; return 200 \"ok\\n\"; }}\n  }}\n}}\n",
+        common = COMMON,
+        temps = TEMPS,
+    )
+}
+
+fn proxy_conf(port: u16, upstream_port: u16) -> String {
+    format!(
+        "worker_processes auto;\n{common}\nhttp {{\n  access_log off;\n  keepalive_requests 1000000;\n{temps}\n  upstream backend {{\n    server 127.0.0.1:{upstream_port};\n    keepalive 128;\n    keepalive_requests 1000000;\n  }}\n  server {{\n    listen 127.0.0.1:{port};\n    location / {{\n      proxy_pass http://backend;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n    }}\n  }}\n}}\n",
+        common = COMMON,
+        temps = TEMPS,
+    )
+}
+
+const COMMON: &str =
+    "daemon off;\npid nginx.pid;\nerror_log stderr warn;\nevents { worker_connections 4096; }";
+const TEMPS: &str = "  client_body_temp_path tmp/body;\n  proxy_temp_path tmp/proxy;\n  fastcgi_temp_path tmp/fastcgi;\n  uwsgi_temp_path tmp/uwsgi;\n  scgi_temp_path tmp/scgi;";
+
+/// An nginx master that stops with SIGTERM, so that its workers exit with it (a SIGKILL'd
+/// master leaves them behind).
+struct Nginx(ProcessGuard);
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        self.0.terminate(Duration::from_secs(5));
+    }
+}
+
+fn start_nginx(prefix: &Path, conf: &str) -> Result<Nginx> {
+    std::fs::create_dir_all(prefix.join("tmp"))
+        .with_context(|| format!("creating {}", prefix.display()))?;
+    let conf_path = prefix.join("nginx.conf");
+    std::fs::write(&conf_path, conf).with_context(|| format!("writing {}", conf_path.display()))?;
+    let mut prefix_arg = prefix.as_os_str().to_owned();
+    prefix_arg.push("/");
+    let mut guard = ProcessGuard::spawn(
+        "nginx",
+        Command::new("nginx")
+            .arg("-e")
+            .arg("stderr")
+            .arg("-p")
+            .arg(&prefix_arg)
+            .arg("-c")
+            .arg(&conf_path),
+    );
+    wait_for_http(&mut guard, &listen_port(conf)?)?;
+    Ok(Nginx(guard))
+}
+
+fn listen_port(conf: &str) -> Result<String> {
+    conf.lines()
+        .filter_map(|line| line.trim().strip_prefix("listen 127.0.0.1:"))
+        .map(|rest| rest.split([' ', ';']).next().unwrap_or_default().to_owned())
+        .next()
+        .context("no listen line in the generated nginx config")
+}
+
+fn start_gateway(
+    binary: &Path,
+    port: u16,
+    upstream_port: u16,
+    work: &Path,
+) -> Result<ProcessGuard> {
+    let upstream = format!("http://127.0.0.1:{upstream_port}");
+    let log = std::fs::File::create(work.join("gateway.log")).context("creating gateway.log")?;
+    let mut guard = ProcessGuard::spawn(
+        "gateway",
+        Command::new(binary)
+            .env("GATEWAY_LISTEN", format!("127.0.0.1:{port}"))
+            .env("GATEWAY_API_UPSTREAMS", &upstream)
+            .env("GATEWAY_INFERENCE_UPSTREAMS", &upstream)
+            .env("GATEWAY_API_KEYS", "bench-only-key")
+            .env("GATEWAY_RATE_GENERAL", "off")
+            .env("RUST_LOG", "warn")
+            .stdout(log)
+            .stderr(Stdio::inherit()),
+    );
+    wait_for_http(&mut guard, &port.to_string())?;
+    Ok(guard)
+}
+
+fn wait_for_http(guard: &mut ProcessGuard, port: &str) -> Result<()> {
+    let port: u16 = port.parse().context("port")?;
+    for _ in 0..500 {
+        guard.assert_running();
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("nothing listens on 127.0.0.1:{port} after 10 s")
+}
+
+fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS line")
+}
+
+fn wrk(args: &GatewayBenchArgs, url: &str, seconds: u32) -> Result<Measurement> {
+    let output = Command::new("wrk")
+        .arg(format!("-t{}", args.threads))
+        .arg(format!("-c{}", args.connections))
+        .arg(format!("-d{seconds}s"))
+        .arg("--latency")
+        .arg(url)
+        .output()
+        .context("running wrk")?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        bail!(
+            "wrk failed on {url}: {text}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    parse_wrk(&text).with_context(|| format!("reading wrk's report for {url}:\n{text}"))
+}
+
+fn parse_wrk(text: &str) -> Result<Measurement> {
+    if let Some(line) = text
+        .lines()
+        .find(|l| l.contains("Non-2xx or 3xx responses"))
+    {
+        bail!("errors during the run: {}", line.trim());
+    }
+    let requests_per_second = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .context("no Requests/sec line")?;
+    let p99 = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("99%"))
+        .and_then(|v| parse_duration(v.trim()))
+        .context("no 99% latency line")?;
+    Ok(Measurement {
+        requests_per_second,
+        p99,
+    })
+}
+
+/// wrk's durations: `812.00us`, `3.21ms`, `1.02s`, `2.00m`.
+fn parse_duration(text: &str) -> Option<Duration> {
+    let split = text.find(|c: char| c.is_ascii_alphabetic())?;
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number.parse().ok()?;
+    let seconds = match unit {
+        "us" => value / 1e6,
+        "ms" => value / 1e3,
+        "s" => value,
+        "m" => value * 60.0,
+        _ => return None,
+    };
+    Some(Duration::from_secs_f64(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_wrk_reports() {
+        let report = "Running 10s test @ http://127.0.0.1:1/\n  Latency Distribution\n     50%  1.10ms\n     99%  812.00us\n  123 requests in 10s\nRequests/sec:  24567.89\nTransfer/sec:      3.1MB\n";
+        let m = parse_wrk(report).expect("parsed");
+        assert_eq!(m.requests_per_second, 24567.89);
+        assert_eq!(m.p99, Duration::from_micros(812));
+        assert_eq!(parse_duration("3.5ms"), Some(Duration::from_micros(3500)));
+        assert!(parse_wrk("Non-2xx or 3xx responses: 5\nRequests/sec: 1\n").is_err());
+    }
+}

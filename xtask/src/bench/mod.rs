@@ -1,0 +1,24 @@
+//! `cargo xtask bench NAME`: benchmarks that put a cairn component next to the real alternative
+//! in one run and print the ratio. One file per benchmark.
+
+mod gateway;
+
+use anyhow::Result;
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    bench: Bench,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Bench {
+    /// The gateway vs nginx `proxy_pass` (keepalive upstream) in front of the same upstream, with wrk.
+    Gateway(gateway::GatewayBenchArgs),
+}
+
+pub fn run(args: &BenchArgs) -> Result<()> {
+    match &args.bench {
+        Bench::Gateway(args) => gateway::run(args),
+    }
+}
