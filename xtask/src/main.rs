@@ -3,6 +3,8 @@
 
 mod bench;
 mod project;
+mod push;
+mod registry;
 mod test;
 
 use clap::{Parser, Subcommand};
@@ -18,7 +20,9 @@ struct Cli {
 enum Command {
     /// Run the whole test suite: fmt, clippy, install missing tools, every test of the workspace.
     Test(test::TestArgs),
-    /// Run a benchmark against the real alternative (`cargo xtask bench gateway`).
+    /// Push the images of an OCI layout to a registry (same digests as built).
+    Push(push::PushArgs),
+    /// Run a benchmark against the real alternative (`cargo xtask bench gateway|push`).
     Bench(bench::BenchArgs),
 }
 
@@ -26,6 +30,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Test(args) => test::run(&args),
+        Command::Push(args) => push::run(&args),
         Command::Bench(args) => bench::run(&args),
     }
 }

@@ -48,13 +48,22 @@ pub const DEBIAN_TOOLS: &[DebianTool] = &[
         program: "patchelf",
         package: "patchelf",
     },
+    // The push tests: the distribution registry, fixtures, round-trip checks, htpasswd.
+    DebianTool {
+        program: "docker-registry",
+        package: "docker-registry",
+    },
+    DebianTool {
+        program: "umoci",
+        package: "umoci",
+    },
     DebianTool {
         program: "skopeo",
         package: "skopeo",
     },
     DebianTool {
-        program: "umoci",
-        package: "umoci",
+        program: "htpasswd",
+        package: "apache2-utils",
     },
 ];
 

@@ -2,6 +2,7 @@
 //! in one run and print the ratio. One file per benchmark.
 
 mod gateway;
+mod push;
 
 use anyhow::Result;
 
@@ -15,10 +16,13 @@ pub struct BenchArgs {
 enum Bench {
     /// The gateway vs nginx `proxy_pass` (keepalive upstream) in front of the same upstream, with wrk.
     Gateway(gateway::GatewayBenchArgs),
+    /// cairn push vs `skopeo copy oci:… docker://…` to a local registry: first push and re-push.
+    Push(push::PushBenchArgs),
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
     match &args.bench {
         Bench::Gateway(args) => gateway::run(args),
+        Bench::Push(args) => push::run(args),
     }
 }
