@@ -2,6 +2,8 @@
 //! DESIGN.md and lives in its own module; `main` only parses the command line and dispatches.
 
 mod bench;
+mod build;
+mod image;
 mod project;
 mod push;
 mod registry;
@@ -18,19 +20,25 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the whole test suite: fmt, clippy, install missing tools, every test of the workspace.
-    Test(test::TestArgs),
+    /// Build release binaries of services (reproducibly: paths remapped, SOURCE_DATE_EPOCH fixed).
+    Build(build::BuildArgs),
+    /// Write the OCI images into one layout (target/oci), optionally a docker-archive too.
+    Image(Box<image::command::ImageArgs>),
     /// Push the images of an OCI layout to a registry (same digests as built).
     Push(push::PushArgs),
-    /// Run a benchmark against the real alternative (`cargo xtask bench gateway|push`).
+    /// Run a benchmark against the real alternative (`cargo xtask bench gateway|image|push`).
     Bench(bench::BenchArgs),
+    /// Run the whole test suite: fmt, clippy, install missing tools, every test of the workspace.
+    Test(test::TestArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Test(args) => test::run(&args),
+        Command::Build(args) => build::run(&args),
+        Command::Image(args) => image::command::run(&args),
         Command::Push(args) => push::run(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::Test(args) => test::run(&args),
     }
 }

@@ -48,22 +48,38 @@ pub const DEBIAN_TOOLS: &[DebianTool] = &[
         program: "patchelf",
         package: "patchelf",
     },
-    // The push tests: the distribution registry, fixtures, round-trip checks, htpasswd.
+    // The registry and image tests: the distribution registry, OCI tools, runc, htpasswd.
     DebianTool {
         program: "docker-registry",
         package: "docker-registry",
-    },
-    DebianTool {
-        program: "umoci",
-        package: "umoci",
     },
     DebianTool {
         program: "skopeo",
         package: "skopeo",
     },
     DebianTool {
+        program: "umoci",
+        package: "umoci",
+    },
+    DebianTool {
         program: "htpasswd",
         package: "apache2-utils",
+    },
+    DebianTool {
+        program: "runc",
+        package: "runc",
+    },
+    DebianTool {
+        program: "docker",
+        package: "docker.io",
+    },
+    DebianTool {
+        program: "pip3",
+        package: "python3-pip",
+    },
+    DebianTool {
+        program: "git",
+        package: "git",
     },
 ];
 

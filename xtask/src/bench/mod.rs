@@ -2,6 +2,7 @@
 //! in one run and print the ratio. One file per benchmark.
 
 mod gateway;
+mod image;
 mod push;
 
 use anyhow::Result;
@@ -18,11 +19,14 @@ enum Bench {
     Gateway(gateway::GatewayBenchArgs),
     /// cairn push vs `skopeo copy oci:… docker://…` to a local registry: first push and re-push.
     Push(push::PushBenchArgs),
+    /// cairn's assembler vs umoci (new + insert + config) on the same files, plus a no-op re-run.
+    Image(image::BenchImageArgs),
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
     match &args.bench {
         Bench::Gateway(args) => gateway::run(args),
         Bench::Push(args) => push::run(args),
+        Bench::Image(args) => image::run(args),
     }
 }

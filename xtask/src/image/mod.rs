@@ -1,0 +1,236 @@
+//! The one image assembler. `assemble` takes an `ImagePlan` (binaries and files from anywhere: a
+//! cargo build, a Nix store closure) and writes every image into one OCI layout; the `cargo xtask
+//! image` command (in `command`) only turns the command line and a build into a plan.
+//!
+//! Submodules: `elf` (the shared-library closure), `cuda` (CUDA library groups), `plan` (what
+//! goes where, pure), `layer` (deterministic tar + pinned compressor), `cache` (skip unchanged
+//! layers), `layout` (blobs, canonical JSON, index.json last), `docker_archive` (a `docker load`
+//! tarball of the layout). This module never builds binaries and never talks to a registry.
+
+pub mod cache;
+pub mod command;
+pub mod cuda;
+pub mod docker_archive;
+pub mod elf;
+pub mod layer;
+pub mod layout;
+pub mod plan;
+
+use std::path::PathBuf;
+use std::time::{Duration, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use serde_json::json;
+
+use cache::{CachedLayer, LayerCache};
+use layer::{Compression, LayerPlan};
+use layout::{CONFIG_MEDIA_TYPE, Descriptor, LayoutDir, MANIFEST_MEDIA_TYPE, canonical_json};
+use plan::ImageSpec;
+
+/// Everything the assembler needs.
+#[derive(Debug, Clone)]
+pub struct ImagePlan {
+    pub images: Vec<ImageSpec>,
+    /// The CA bundle copied to /etc/ssl/certs/ca-certificates.crt.
+    pub ca_bundle: PathBuf,
+    pub compression: Compression,
+    /// SOURCE_DATE_EPOCH: every mtime and the `created` fields.
+    pub epoch: u64,
+    pub cache: LayerCache,
+}
+
+/// One layer of a written image.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LayerReport {
+    pub role: String,
+    pub digest: String,
+    pub diff_id: String,
+    pub size: u64,
+    /// False when the cache supplied it (nothing was tarred or compressed).
+    pub compressed: bool,
+}
+
+/// One written image.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ImageResult {
+    pub name: String,
+    /// The manifest digest (what a registry and compose files name).
+    pub digest: String,
+    pub config_digest: String,
+    /// Compressed layers + config + manifest, the bytes a pull transfers.
+    pub compressed_size: u64,
+    pub layers: Vec<LayerReport>,
+}
+
+/// What `assemble` did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ImageReport {
+    pub layout: PathBuf,
+    pub index_digest: String,
+    pub images: Vec<ImageResult>,
+    /// How many layers were tarred and compressed in this run (0 for a no-op re-run).
+    pub layers_compressed: usize,
+}
+
+/// Writes every image of `plan` into `layout`; index.json is written last.
+pub fn assemble(plan: &ImagePlan, layout: &LayoutDir) -> Result<ImageReport> {
+    let created =
+        humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(plan.epoch)).to_string();
+    let mut images = Vec::with_capacity(plan.images.len());
+    for spec in &plan.images {
+        let image = assemble_image(plan, spec, &created, layout)
+            .with_context(|| format!("assembling image {}", spec.name))?;
+        images.push(image);
+    }
+    let named: Vec<(String, Descriptor)> = images
+        .iter()
+        .map(|image| {
+            let manifest = Descriptor {
+                media_type: MANIFEST_MEDIA_TYPE.into(),
+                digest: image.digest.clone(),
+                size: std::fs::metadata(layout.blob_path(&image.digest))
+                    .map(|m| m.len())
+                    .unwrap_or(0),
+            };
+            (image.name.clone(), manifest)
+        })
+        .collect();
+    let index = layout.write_index(&named)?;
+    let layers_compressed = images
+        .iter()
+        .flat_map(|image| &image.layers)
+        .filter(|layer| layer.compressed)
+        .count();
+    Ok(ImageReport {
+        layout: layout.root.clone(),
+        index_digest: layer::sha256(&index),
+        images,
+        layers_compressed,
+    })
+}
+
+/// The layers of `spec` in their fixed order: system, CUDA groups, application.
+pub fn plan_layers(spec: &ImageSpec, ca_bundle: &std::path::Path) -> Result<Vec<LayerPlan>> {
+    std::fs::File::open(&spec.binary)
+        .with_context(|| format!("reading binary {}", spec.binary.display()))?;
+    std::fs::File::open(ca_bundle)
+        .with_context(|| format!("reading CA bundle {}", ca_bundle.display()))?;
+    let cuda_dirs: Vec<PathBuf> = spec.cuda.iter().map(|cuda| cuda.dir.clone()).collect();
+    let libraries = elf::closure(&spec.binary, &cuda_dirs)?;
+    let (cuda_libraries, system_libraries): (Vec<_>, Vec<_>) = libraries
+        .into_iter()
+        .partition(|lib| cuda_dirs.iter().any(|dir| lib.host_path.starts_with(dir)));
+    let mut layers = vec![plan::system_layer(&system_libraries, ca_bundle)];
+    if let Some(cuda) = &spec.cuda {
+        for group in &cuda.groups {
+            layers.push(cuda::plan_group(&cuda.dir, *group)?);
+        }
+        let packed = |lib: &elf::SharedLibrary| {
+            let name = lib
+                .host_path
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            layers
+                .iter()
+                .any(|layer| layer.entries.keys().any(|key| key.ends_with(&name)))
+        };
+        if let Some(missing) = cuda_libraries.iter().find(|lib| !packed(lib)) {
+            anyhow::bail!(
+                "{} needs {} from the CUDA directory, which no CUDA library group of image {} packs",
+                spec.binary.display(),
+                missing.host_path.display(),
+                spec.name
+            );
+        }
+    }
+    layers.push(plan::app_layer(spec));
+    Ok(layers)
+}
+
+fn assemble_image(
+    plan: &ImagePlan,
+    spec: &ImageSpec,
+    created: &str,
+    layout: &LayoutDir,
+) -> Result<ImageResult> {
+    let layer_plans = plan_layers(spec, &plan.ca_bundle)?;
+    // Layers are independent: compress them on all cores at once, keep their order.
+    let layers = std::thread::scope(|scope| {
+        let workers: Vec<_> = layer_plans
+            .iter()
+            .map(|layer_plan| scope.spawn(|| write_layer(plan, layer_plan, layout)))
+            .collect();
+        workers
+            .into_iter()
+            .map(|worker| {
+                worker
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect::<Result<Vec<_>>>()
+    })?;
+    let diff_ids: Vec<String> = layers.iter().map(|l| l.diff_id.clone()).collect();
+    let config = layout.put_bytes(
+        CONFIG_MEDIA_TYPE,
+        &canonical_json(&plan::config(spec, created, &diff_ids)),
+    )?;
+    let media_type = plan.compression.media_type();
+    let layer_descriptors: Vec<_> = layers
+        .iter()
+        .map(|l| json!({"mediaType": media_type, "digest": l.digest, "size": l.size}))
+        .collect();
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": MANIFEST_MEDIA_TYPE,
+        "config": config.to_json(),
+        "layers": layer_descriptors,
+    });
+    let manifest = layout.put_bytes(MANIFEST_MEDIA_TYPE, &canonical_json(&manifest))?;
+    let compressed_size = layers.iter().map(|l| l.size).sum::<u64>() + config.size + manifest.size;
+    Ok(ImageResult {
+        name: spec.name.clone(),
+        digest: manifest.digest,
+        config_digest: config.digest,
+        compressed_size,
+        layers,
+    })
+}
+
+/// Reuses a cached layer whose blob is present, or tars, compresses and stores it.
+fn write_layer(
+    plan: &ImagePlan,
+    layer_plan: &LayerPlan,
+    layout: &LayoutDir,
+) -> Result<LayerReport> {
+    let key = LayerCache::key(layer_plan, plan.compression, plan.epoch)?;
+    if let Some(hit) = plan
+        .cache
+        .get(&key)
+        .filter(|hit| layout.has_blob(&hit.digest, hit.size))
+    {
+        return Ok(LayerReport {
+            role: layer_plan.role.clone(),
+            digest: hit.digest,
+            diff_id: hit.diff_id,
+            size: hit.size,
+            compressed: false,
+        });
+    }
+    let written = layer::write(layer_plan, plan.compression, plan.epoch, &layout.root)?;
+    let cached = CachedLayer {
+        digest: written.digest.clone(),
+        diff_id: written.diff_id.clone(),
+        size: written.size,
+    };
+    layout.put_file(written.file, &cached.digest)?;
+    plan.cache.put(&key, &cached)?;
+    Ok(LayerReport {
+        role: layer_plan.role.clone(),
+        digest: cached.digest,
+        diff_id: cached.diff_id,
+        size: cached.size,
+        compressed: true,
+    })
+}

@@ -1,0 +1,399 @@
+//! The images cairn writes, checked with the real tools: skopeo inspects every image of the
+//! layout, umoci unpacks one, runc boots it (health route, uid 65532, `healthcheck` exits 0),
+//! `docker load` takes the archive and `docker run` runs it. The gateway image gets the same
+//! runc boot once the gateway service is in the workspace.
+
+mod image_support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use image_support::{compile_fixture, index, xtask, xtask_unchecked};
+use testkit::{ProcessGuard, free_port, require_tool, wait_until};
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace")
+        .to_owned()
+}
+
+/// Writes the fixture image `demo` (and `demo2`, another binary) into `dir/oci`.
+fn fixture_layout(dir: &Path) -> PathBuf {
+    let one = compile_fixture(dir, "fixture", "one");
+    let two = compile_fixture(dir, "fixture2", "two");
+    let out = dir.join("oci");
+    let (out_arg, one_arg, two_arg) = (
+        out.display().to_string(),
+        format!("demo={}", one.display()),
+        format!("demo2={}", two.display()),
+    );
+    xtask(
+        &[
+            "image",
+            "--out",
+            &out_arg,
+            "--binary",
+            &one_arg,
+            "--binary",
+            &two_arg,
+            "--format",
+            "docker-archive",
+        ],
+        &[],
+    );
+    out
+}
+
+#[test]
+fn skopeo_inspects_every_image_and_umoci_unpacks_it() {
+    let Some(skopeo) = require_tool("skopeo", "apt-get install skopeo") else {
+        return;
+    };
+    let Some(umoci) = require_tool("umoci", "apt-get install umoci") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = fixture_layout(dir.path());
+    let images = index(&out);
+    assert_eq!(
+        images.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+        ["demo", "demo2"]
+    );
+    for (name, digest) in &images {
+        let output = Command::new(&skopeo)
+            .args(["inspect", &format!("oci:{}:{name}", out.display())])
+            .output()
+            .expect("skopeo");
+        assert!(
+            output.status.success(),
+            "skopeo inspect {name}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let inspect: serde_json::Value =
+            serde_json::from_slice(&output.stdout).expect("skopeo JSON");
+        assert_eq!(inspect["Digest"], digest.as_str());
+        assert_eq!(inspect["Created"], "2023-11-14T22:13:20Z");
+        assert_eq!(inspect["Layers"].as_array().expect("layers").len(), 2);
+        assert!(inspect["Labels"]["org.opencontainers.image.revision"].is_string());
+    }
+    // The system layer is shared: both binaries need the same libraries.
+    assert_eq!(
+        image_support::layers(&out, "demo")[0],
+        image_support::layers(&out, "demo2")[0]
+    );
+    let bundle = dir.path().join("bundle");
+    let status = Command::new(&umoci)
+        .args([
+            "unpack",
+            "--rootless",
+            "--image",
+            &format!("{}:demo", out.display()),
+        ])
+        .arg(&bundle)
+        .status()
+        .expect("umoci");
+    assert!(status.success(), "umoci unpack");
+    let rootfs = bundle.join("rootfs");
+    use std::os::unix::fs::PermissionsExt;
+    let tmp_mode = std::fs::metadata(rootfs.join("tmp"))
+        .expect("/tmp")
+        .permissions()
+        .mode();
+    assert_eq!(tmp_mode & 0o7777, 0o1777);
+    let passwd = std::fs::read_to_string(rootfs.join("etc/passwd")).expect("passwd");
+    assert!(passwd.contains("nonroot:x:65532:65532:"), "{passwd}");
+    assert!(rootfs.join("etc/ssl/certs/ca-certificates.crt").is_file());
+    assert!(rootfs.join("usr/local/bin/fixture").is_file());
+    assert!(
+        std::fs::read_dir(rootfs.join("lib/x86_64-linux-gnu"))
+            .expect("libs")
+            .any(|e| {
+                e.expect("entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("libc.so")
+            })
+    );
+}
+
+#[test]
+fn a_second_run_with_nothing_changed_compresses_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = fixture_layout(dir.path());
+    let before = std::fs::read(out.join("index.json")).expect("index");
+    let binary = format!("demo={}", dir.path().join("fixture").display());
+    let output = xtask(
+        &[
+            "image",
+            "--out",
+            &out.display().to_string(),
+            "--binary",
+            &binary,
+            "--json",
+        ],
+        &[],
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("report JSON");
+    assert_eq!(report["layers_compressed"], 0, "{report:#}");
+    assert_eq!(
+        std::fs::read(out.join("index.json")).expect("index"),
+        before
+    );
+}
+
+#[test]
+fn bad_input_names_the_path() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("oci").display().to_string();
+    let output = xtask_unchecked(
+        &[
+            "image",
+            "--out",
+            &out,
+            "--binary",
+            "demo=/nonexistent/cairn-binary",
+        ],
+        &[],
+    );
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("/nonexistent/cairn-binary"), "{stderr}");
+    assert!(
+        !dir.path().join("oci/index.json").exists(),
+        "no index for a failed run"
+    );
+}
+
+/// A container run by runc from an unpacked image; deleted on drop.
+struct RuncContainer {
+    id: String,
+    _process: ProcessGuard,
+}
+
+impl Drop for RuncContainer {
+    fn drop(&mut self) {
+        let _ = Command::new("runc")
+            .args(["delete", "--force", &self.id])
+            .status();
+    }
+}
+
+/// Unpacks `image` and runs it with runc, sharing the host's network namespace.
+fn boot(runc: &Path, layout: &Path, image: &str, env: &[String], dir: &Path) -> RuncContainer {
+    let bundle = dir.join(format!("bundle-{image}"));
+    let status = Command::new("umoci")
+        .args([
+            "unpack",
+            "--image",
+            &format!("{}:{image}", layout.display()),
+        ])
+        .arg(&bundle)
+        .status()
+        .expect("umoci");
+    assert!(status.success(), "umoci unpack {image}");
+    let config_path = bundle.join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&config_path).expect("config.json"))
+            .expect("config JSON");
+    let namespaces = config["linux"]["namespaces"]
+        .as_array_mut()
+        .expect("namespaces");
+    namespaces.retain(|ns| ns["type"] != "network");
+    config["process"]["terminal"] = false.into();
+    let process_env = config["process"]["env"].as_array_mut().expect("env");
+    process_env.extend(env.iter().map(|e| serde_json::Value::from(e.as_str())));
+    std::fs::write(&config_path, serde_json::to_vec(&config).expect("JSON")).expect("write config");
+    let id = format!("cairn-test-{image}-{}", std::process::id());
+    let process = ProcessGuard::spawn(
+        "runc",
+        Command::new(runc)
+            .args(["run", "--bundle"])
+            .arg(&bundle)
+            .arg(&id)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null()),
+    );
+    RuncContainer {
+        id,
+        _process: process,
+    }
+}
+
+fn http_get(port: u16, path: &str) -> Option<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).ok()?;
+    Some(answer)
+}
+
+/// The uid the container's init process runs as, read from the host's /proc.
+fn container_uid(id: &str) -> String {
+    let state = Command::new("runc")
+        .args(["state", id])
+        .output()
+        .expect("runc state");
+    let state: serde_json::Value = serde_json::from_slice(&state.stdout).expect("state JSON");
+    let pid = state["pid"].as_u64().expect("pid");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .expect("Uid line")
+        .to_owned();
+    line.split_whitespace().nth(1).expect("uid").to_owned()
+}
+
+fn healthcheck_exits_zero(id: &str, binary: &str, env: &[String]) {
+    let mut command = Command::new("runc");
+    command.args(["exec"]);
+    for e in env {
+        command.args(["--env", e]);
+    }
+    let status = command
+        .args([id, binary, "healthcheck"])
+        .status()
+        .expect("runc exec");
+    assert!(
+        status.success(),
+        "{binary} healthcheck inside the container: {status}"
+    );
+}
+
+fn runc_ready() -> Option<PathBuf> {
+    let runc = require_tool("runc", "apt-get install runc")?;
+    require_tool("umoci", "apt-get install umoci")?;
+    if !testkit::is_root() {
+        assert!(!testkit::in_ci(), "runc needs root under CI");
+        eprintln!("SKIPPED: runc needs root");
+        return None;
+    }
+    Some(runc)
+}
+
+#[test]
+fn runc_boots_the_fixture_image_as_nonroot() {
+    let Some(runc) = runc_ready() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = fixture_layout(dir.path());
+    let port = free_port();
+    let env = vec![format!("PORT={port}")];
+    let container = boot(&runc, &out, "demo", &env, dir.path());
+    wait_until("fixture in runc", Duration::from_secs(20), || {
+        http_get(port, "/health").is_some()
+    });
+    let answer = http_get(port, "/health").expect("answer");
+    assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
+    assert!(
+        answer.ends_with("65532"),
+        "the server reports uid 65532: {answer}"
+    );
+    assert_eq!(container_uid(&container.id), "65532");
+    healthcheck_exits_zero(&container.id, "/usr/local/bin/fixture", &env);
+}
+
+#[test]
+fn runc_boots_the_gateway_image() {
+    if !workspace_root()
+        .join("services/gateway/Cargo.toml")
+        .exists()
+    {
+        eprintln!("SKIPPED: the gateway service is not in this workspace yet");
+        return;
+    }
+    let Some(runc) = runc_ready() else { return };
+    let gateway = workspace_root().join("target/debug/gateway");
+    if !gateway.exists() {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-p", "gateway", "--bin", "gateway"])
+            .current_dir(workspace_root())
+            .status()
+            .expect("cargo build");
+        assert!(status.success(), "building the gateway");
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("oci");
+    let binary = format!("gateway={}", gateway.display());
+    xtask(
+        &[
+            "image",
+            "gateway",
+            "--out",
+            &out.display().to_string(),
+            "--binary",
+            &binary,
+        ],
+        &[],
+    );
+    let port = free_port();
+    let env = vec![
+        format!("GATEWAY_LISTEN=127.0.0.1:{port}"),
+        format!("GATEWAY_API_UPSTREAMS=http://127.0.0.1:{}", free_port()),
+        format!(
+            "GATEWAY_INFERENCE_UPSTREAMS=http://127.0.0.1:{}",
+            free_port()
+        ),
+        "JWT_SECRET=test-secret-not-used-for-anything-real".to_owned(),
+    ];
+    let container = boot(&runc, &out, "gateway", &env, dir.path());
+    wait_until("gateway in runc", Duration::from_secs(30), || {
+        http_get(port, "/api/health")
+            .is_some_and(|a| a.starts_with("HTTP/1.1 200") || a.starts_with("HTTP/1.0 200"))
+    });
+    assert_eq!(container_uid(&container.id), "65532");
+    healthcheck_exits_zero(&container.id, "/usr/local/bin/gateway", &env);
+}
+
+#[test]
+fn docker_loads_the_archive_and_runs_the_image() {
+    let Some(docker) = require_tool("docker", "apt-get install docker.io") else {
+        return;
+    };
+    if !Command::new(&docker)
+        .arg("info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        assert!(!testkit::in_ci(), "the Docker engine is not running");
+        eprintln!("SKIPPED: the Docker engine is not running");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = fixture_layout(dir.path());
+    let load = Command::new(&docker)
+        .args(["load", "--input"])
+        .arg(out.with_extension("tar"))
+        .output()
+        .expect("docker load");
+    assert!(
+        load.status.success(),
+        "docker load: {}",
+        String::from_utf8_lossy(&load.stderr)
+    );
+    let run = Command::new(&docker)
+        .args([
+            "run",
+            "--rm",
+            "--pull",
+            "never",
+            "--network",
+            "none",
+            "cairn/demo:latest",
+            "id",
+        ])
+        .output()
+        .expect("docker run");
+    assert!(
+        run.status.success(),
+        "docker run: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&run.stdout).trim(), "65532");
+}
