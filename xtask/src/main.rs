@@ -7,7 +7,9 @@ mod image;
 mod project;
 mod push;
 mod registry;
+mod render;
 mod test;
+mod topology;
 
 use clap::{Parser, Subcommand};
 
@@ -26,7 +28,9 @@ enum Command {
     Image(Box<image::command::ImageArgs>),
     /// Push the images of an OCI layout to a registry (same digests as built).
     Push(push::PushArgs),
-    /// Run a benchmark against the real alternative (`cargo xtask bench gateway|image|push`).
+    /// Render nginx, compose and .env examples for every server from the topology.
+    Render(render::RenderArgs),
+    /// Run a benchmark against the real alternative (`cargo xtask bench gateway|image|push|inference`).
     Bench(bench::BenchArgs),
     /// Run the whole test suite: fmt, clippy, install missing tools, every test of the workspace.
     Test(test::TestArgs),
@@ -38,6 +42,7 @@ fn main() -> anyhow::Result<()> {
         Command::Build(args) => build::run(&args),
         Command::Image(args) => image::command::run(&args),
         Command::Push(args) => push::run(&args),
+        Command::Render(args) => render::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::Test(args) => test::run(&args),
     }

@@ -48,6 +48,24 @@ pub const DEBIAN_TOOLS: &[DebianTool] = &[
         program: "patchelf",
         package: "patchelf",
     },
+    // render: nginx -t in fresh namespaces with a self-signed certificate, and docker-compose's
+    // own reading of the rendered compose files.
+    DebianTool {
+        program: "unshare",
+        package: "util-linux",
+    },
+    DebianTool {
+        program: "ip",
+        package: "iproute2",
+    },
+    DebianTool {
+        program: "openssl",
+        package: "openssl",
+    },
+    DebianTool {
+        program: "docker-compose",
+        package: "docker-compose",
+    },
     // The registry and image tests: the distribution registry, OCI tools, runc, htpasswd.
     DebianTool {
         program: "docker-registry",

@@ -1,0 +1,204 @@
+//! The nginx config of the edge server, in two variants: `Tls` (port 80 redirects to 443, modern
+//! TLS, what server A runs) and `Local` (plain HTTP on loopback for the local stack). Both share
+//! the same locations: the SPA at `/` with `try_files`, `/api/` to the gateway upstream with
+//! keepalive, `/api/chat` and `/v1/` as unbuffered, uncached event streams with a long read
+//! timeout, WebSocket upgrade through a `map`, and the security headers included in every
+//! location (a location with its own `add_header` would otherwise drop the server's).
+//!
+//! The hand-written pieces (`nginx/*.conf`: TLS settings, security headers, proxy headers, the
+//! streaming settings) are included by relative path from `snippets/`; this module writes only
+//! what depends on the topology. It never knows where the services run beyond the site.
+
+use std::fmt::Write;
+
+use super::compose::{NGINX_CERTS, NGINX_SPA_ROOT};
+use crate::topology::Site;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Variant {
+    /// Server A: TLS on `https_port`, redirect on `http_port`, upstream by service name.
+    Tls,
+    /// The local stack: plain HTTP on `local_port`, paths relative to nginx's `-p` prefix.
+    Local,
+}
+
+/// `upstream_port` is the port the site's upstream service listens on.
+pub fn render_nginx(site: &Site, upstream_port: u16, variant: Variant) -> String {
+    let mut text = String::new();
+    text.push_str(&main_context(variant));
+    text.push_str("\nhttp {\n");
+    text.push_str(&http_settings(site, variant));
+    text.push_str(&upstream(site, upstream_port, variant));
+    match variant {
+        Variant::Tls => {
+            text.push_str(&redirect_server(site));
+            text.push_str(&tls_server(site));
+        }
+        Variant::Local => text.push_str(&local_server(site)),
+    }
+    text.push_str("}\n");
+    text
+}
+
+/// Where nginx keeps its pid and temporary files: /tmp in the container (the root file system is
+/// read-only), the `-p` prefix for the local variant.
+fn state_dir(variant: Variant) -> &'static str {
+    match variant {
+        Variant::Tls => "/tmp/",
+        Variant::Local => "",
+    }
+}
+
+fn main_context(variant: Variant) -> String {
+    format!(
+        "worker_processes auto;\npid {state}nginx.pid;\nerror_log stderr warn;\n\nevents {{\n    worker_connections 1024;\n}}\n",
+        state = state_dir(variant)
+    )
+}
+
+fn http_settings(site: &Site, variant: Variant) -> String {
+    let mut text = String::new();
+    for kind in ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"] {
+        let _ = writeln!(
+            text,
+            "    {kind}_temp_path {}{kind}_temp;",
+            state_dir(variant)
+        );
+    }
+    let _ = write!(
+        text,
+        "    include /etc/nginx/mime.types;
+    default_type application/octet-stream;
+    access_log /dev/stdout;
+    server_tokens off;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_timeout 65s;
+    # The api's own limit (site.body_limit_mib in the topology).
+    client_max_body_size {body}m;
+    proxy_read_timeout 60s;
+
+    # Never text/event-stream: a compressed stream is buffered until a block fills.
+    gzip on;
+    gzip_vary on;
+    gzip_proxied any;
+    gzip_types text/plain text/css application/javascript application/json image/svg+xml;
+
+    # WebSocket: upgrade when asked; otherwise an empty Connection header keeps upstream keepalive.
+    map $http_upgrade $connection_upgrade {{
+        default upgrade;
+        ''      '';
+    }}
+",
+        body = site.body_limit_mib
+    );
+    text
+}
+
+fn upstream(site: &Site, upstream_port: u16, variant: Variant) -> String {
+    let address = match variant {
+        Variant::Tls => format!("{}:{upstream_port}", site.upstream.get_ref()),
+        Variant::Local => site.local_upstream.clone(),
+    };
+    format!(
+        "\n    upstream {name} {{\n        server {address};\n        keepalive 32;\n    }}\n",
+        name = site.upstream.get_ref()
+    )
+}
+
+fn redirect_server(site: &Site) -> String {
+    format!(
+        "
+    server {{
+        listen {port} default_server;
+        server_name {names};
+        include snippets/security-headers.conf;
+
+        location = /nginx-health {{
+            access_log off;
+            return 204;
+        }}
+
+        location / {{
+            return 301 https://$host$request_uri;
+        }}
+    }}
+",
+        port = site.http_port,
+        names = site.server_names.join(" "),
+    )
+}
+
+fn tls_server(site: &Site) -> String {
+    format!(
+        "
+    server {{
+        listen {port} ssl http2 default_server;
+        server_name {names};
+        ssl_certificate {NGINX_CERTS}/{cert};
+        ssl_certificate_key {NGINX_CERTS}/{key};
+        include snippets/tls.conf;
+        root {NGINX_SPA_ROOT};
+{locations}    }}
+",
+        port = site.https_port,
+        names = site.server_names.join(" "),
+        cert = site.certificate,
+        key = site.certificate_key,
+        locations = locations(site),
+    )
+}
+
+fn local_server(site: &Site) -> String {
+    format!(
+        "
+    server {{
+        listen 127.0.0.1:{port};
+        server_name localhost;
+        root www;
+{locations}    }}
+",
+        port = site.local_port,
+        locations = locations(site),
+    )
+}
+
+fn locations(site: &Site) -> String {
+    let upstream = site.upstream.get_ref();
+    format!(
+        "
+        location / {{
+            include snippets/security-headers.conf;
+            try_files $uri $uri/ /index.html;
+        }}
+
+        location /assets/ {{
+            include snippets/security-headers.conf;
+            expires 1y;
+            try_files $uri =404;
+        }}
+
+        location /api/ {{
+            include snippets/security-headers.conf;
+            include snippets/proxy.conf;
+            proxy_pass http://{upstream};
+        }}
+
+        # Server-sent events: every event reaches the client as it is written.
+        location /api/chat {{
+            include snippets/security-headers.conf;
+            include snippets/proxy.conf;
+            include snippets/stream.conf;
+            proxy_pass http://{upstream};
+        }}
+
+        # The OpenAI-compatible API: only through the gateway, which checks the caller.
+        location /v1/ {{
+            include snippets/security-headers.conf;
+            include snippets/proxy.conf;
+            include snippets/stream.conf;
+            proxy_pass http://{upstream};
+        }}
+"
+    )
+}

@@ -1,0 +1,386 @@
+//! Rendering tested against the real consumers: the committed examples are what the default
+//! topology renders today, the compose files pass the compose schema, cairn's cross-reference
+//! checks and docker-compose's own `config -q`, and nginx itself accepts both configs (`nginx
+//! -t` in fresh mount and network namespaces, as the field notes describe).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use expect_test::expect;
+use serde_json::Value;
+
+use super::*;
+use crate::topology::{self, Topology};
+
+fn root() -> PathBuf {
+    project::root()
+}
+
+fn default_topology() -> Topology {
+    topology::load(&root().join(topology::DEFAULT_PATH)).expect("default topology")
+}
+
+fn default_rendering() -> Rendering {
+    let topology = default_topology();
+    let pieces = read_pieces(&root(), &root().join(topology::DEFAULT_PATH)).expect("pieces");
+    render(
+        &topology,
+        topology::DEFAULT_PATH,
+        &ImagePins::placeholders(&topology),
+        &pieces,
+    )
+    .expect("render")
+}
+
+fn committed(relative: &str) -> String {
+    let path = root().join(DEFAULT_OUT).join(relative);
+    std::fs::read_to_string(&path).unwrap_or_else(|err| panic!("{}: {err}", path.display()))
+}
+
+#[test]
+fn committed_examples_are_fresh() {
+    check_fresh(&default_rendering(), &root().join(DEFAULT_OUT))
+        .expect("run `cargo xtask render` and commit deploy/rendered");
+}
+
+#[test]
+fn a_stale_file_is_named_by_check() {
+    let out = tempfile::tempdir().expect("temp dir");
+    let rendering = default_rendering();
+    write(&rendering, out.path()).expect("write");
+    check_fresh(&rendering, out.path()).expect("just written");
+    let compose = out.path().join("server-b/compose.yaml");
+    std::fs::write(&compose, "services: {}\n").expect("overwrite");
+    let err = check_fresh(&rendering, out.path()).expect_err("stale");
+    assert!(err.to_string().contains("server-b/compose.yaml"), "{err}");
+}
+
+#[test]
+fn every_rendered_file_starts_with_the_command_that_writes_it() {
+    for (path, text) in &default_rendering().files {
+        assert!(
+            text.starts_with("# Written by `cargo xtask render` from "),
+            "{}",
+            path.display()
+        );
+    }
+}
+
+fn committed_compose(server: &str) -> Value {
+    let text = committed(&format!("server-{server}/compose.yaml"));
+    serde_norway::from_str(&text).expect("compose.yaml is YAML")
+}
+
+#[test]
+fn committed_compose_files_pass_the_schema_and_the_cross_checks() {
+    for server in ["a", "b"] {
+        let document = committed_compose(server);
+        schema::validate(&document).unwrap_or_else(|err| panic!("server {server}: {err:#}"));
+        crosscheck::check(&document).unwrap_or_else(|err| panic!("server {server}: {err:#}"));
+    }
+}
+
+#[test]
+fn the_schema_rejects_what_compose_rejects() {
+    let mut document = committed_compose("b");
+    document["services"]["inference"]["deploy"]["resources"]["reservations"]["devices"][0]
+        .as_object_mut()
+        .expect("device")
+        .remove("capabilities");
+    let err = schema::validate(&document).expect_err("capabilities is required");
+    assert!(format!("{err:#}").contains("capabilities"), "{err:#}");
+}
+
+#[test]
+fn the_gpu_service_reserves_its_gpu_and_reads_its_model_read_only() {
+    let document = committed_compose("b");
+    let inference = &document["services"]["inference"];
+    let device = &inference["deploy"]["resources"]["reservations"]["devices"][0];
+    assert_eq!(device["driver"], "nvidia");
+    assert_eq!(device["capabilities"][0], "gpu");
+    assert_eq!(inference["ports"][0], "10.0.0.2:8001:8001");
+    assert!(
+        inference["volumes"]
+            .as_array()
+            .expect("volumes")
+            .iter()
+            .any(|v| v.as_str().is_some_and(|v| v.ends_with(":/models:ro")))
+    );
+}
+
+#[test]
+fn data_services_publish_nothing_and_every_credential_is_required() {
+    let document = committed_compose("a");
+    for name in ["postgres", "garage", "api", "gateway"] {
+        assert!(
+            document["services"][name].get("ports").is_none(),
+            "{name} publishes a port"
+        );
+    }
+    let env_example = committed("server-a/.env.example");
+    let yaml = committed("server-a/compose.yaml");
+    for line in env_example.lines().filter(|l| l.ends_with('=')) {
+        let name = line.trim_end_matches('=');
+        assert!(
+            yaml.contains(&format!("${{{name}:?")),
+            "{name} not required"
+        );
+    }
+}
+
+#[test]
+fn image_pins_come_from_the_built_map() {
+    let topology = default_topology();
+    let digest = "0".repeat(64);
+    let mut built: BTreeMap<String, String> = ["gateway", "api"]
+        .into_iter()
+        .map(|name| (name.to_owned(), format!("r.example/{name}@sha256:{digest}")))
+        .collect();
+    let err = ImagePins::from_map(&topology, &built).expect_err("inference-cuda missing");
+    expect![[
+        r#"image "inference-cuda" was not built: it is missing from the map (has: api, gateway)"#
+    ]]
+    .assert_eq(&err.to_string());
+    built.insert(
+        "inference-cuda".into(),
+        format!("r.example/inference-cuda@sha256:{digest}"),
+    );
+    let pins = ImagePins::from_map(&topology, &built).expect("complete map");
+    assert_eq!(pins.reference("inference"), built["inference-cuda"]);
+    assert!(!pins.has_placeholders());
+    built.insert("api".into(), "r.example/api:latest".into());
+    assert!(ImagePins::from_map(&topology, &built).is_err());
+}
+
+#[test]
+fn the_local_variant_streams_without_tls() {
+    let topology = default_topology();
+    let text = nginx::render_nginx(&topology.site, 8080, nginx::Variant::Local);
+    let server = &text[text.find("    server {").expect("server block")..];
+    expect![[r#"
+            server {
+                listen 127.0.0.1:8088;
+                server_name localhost;
+                root www;
+
+                location / {
+                    include snippets/security-headers.conf;
+                    try_files $uri $uri/ /index.html;
+                }
+
+                location /assets/ {
+                    include snippets/security-headers.conf;
+                    expires 1y;
+                    try_files $uri =404;
+                }
+
+                location /api/ {
+                    include snippets/security-headers.conf;
+                    include snippets/proxy.conf;
+                    proxy_pass http://gateway;
+                }
+
+                # Server-sent events: every event reaches the client as it is written.
+                location /api/chat {
+                    include snippets/security-headers.conf;
+                    include snippets/proxy.conf;
+                    include snippets/stream.conf;
+                    proxy_pass http://gateway;
+                }
+
+                # The OpenAI-compatible API: only through the gateway, which checks the caller.
+                location /v1/ {
+                    include snippets/security-headers.conf;
+                    include snippets/proxy.conf;
+                    include snippets/stream.conf;
+                    proxy_pass http://gateway;
+                }
+            }
+        }
+    "#]]
+    .assert_eq(server);
+    assert!(text.contains("server 127.0.0.1:8080;"));
+}
+
+#[test]
+fn no_location_loses_the_security_headers_and_streams_are_never_gzipped() {
+    let conf = committed("server-a/nginx/nginx.conf");
+    let tls_server = &conf[conf.find("ssl http2").expect("TLS server")..];
+    let locations = tls_server.matches("location ").count();
+    let with_headers = tls_server
+        .matches("include snippets/security-headers.conf;")
+        .count();
+    assert_eq!(locations, 5, "{conf}");
+    assert_eq!(with_headers, locations, "{conf}");
+    let gzip_types = conf
+        .lines()
+        .find(|line| line.trim_start().starts_with("gzip_types"))
+        .expect("gzip_types");
+    assert!(!gzip_types.contains("text/event-stream"), "{gzip_types}");
+    let stream = committed("server-a/nginx/snippets/stream.conf");
+    assert!(stream.contains("proxy_buffering off;") && stream.contains("gzip off;"));
+}
+
+/// Copies the server-A nginx folder and what the container image provides (mime.types) plus a
+/// self-signed certificate into one folder laid out like the container's /etc/nginx.
+fn etc_nginx(openssl: &Path) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let rendering = default_rendering();
+    for (relative, text) in &rendering.files {
+        if let Ok(inside) = relative.strip_prefix("server-a/nginx") {
+            let path = dir.path().join(inside);
+            std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+            std::fs::write(path, text).expect("write");
+        }
+    }
+    std::fs::copy("/etc/nginx/mime.types", dir.path().join("mime.types")).expect("mime.types");
+    let certs = dir.path().join("certs");
+    std::fs::create_dir_all(&certs).expect("certs");
+    let status = Command::new(openssl)
+        .args(["req", "-x509", "-nodes", "-newkey", "ec", "-pkeyopt"])
+        .args([
+            "ec_paramgen_curve:prime256v1",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=cairn.example.com",
+        ])
+        .arg("-keyout")
+        .arg(certs.join("privkey.pem"))
+        .arg("-out")
+        .arg(certs.join("fullchain.pem"))
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl");
+    assert!(status.success());
+    dir
+}
+
+#[test]
+fn nginx_accepts_both_rendered_configs() {
+    let (Some(nginx), Some(unshare), Some(openssl)) = (
+        testkit::require_tool("nginx", "apt-get install nginx"),
+        testkit::require_tool("unshare", "apt-get install util-linux"),
+        testkit::require_tool("openssl", "apt-get install openssl"),
+    ) else {
+        return;
+    };
+    if !testkit::is_root() {
+        assert!(
+            !testkit::in_ci(),
+            "nginx -t in namespaces needs root under CI"
+        );
+        eprintln!("SKIPPED: nginx -t in fresh namespaces needs root");
+        return;
+    }
+    let etc = etc_nginx(&openssl);
+    let hosts = etc.path().join("hosts");
+    std::fs::write(&hosts, "127.0.0.1 localhost gateway\n").expect("hosts");
+    // The container's layout: the folder over /etc/nginx, a fresh /tmp, the upstream names in
+    // /etc/hosts, loopback up for the local variant's listen address.
+    let script = format!(
+        "set -e
+mount --bind {hosts} /etc/hosts
+mount --bind {etc} /etc/nginx
+mount -t tmpfs tmpfs /tmp
+ip link set lo up
+mkdir /tmp/local
+{nginx} -q -e stderr -t -p /etc/nginx/ -c /etc/nginx/nginx.conf
+{nginx} -q -e stderr -t -p /tmp/local/ -c /etc/nginx/nginx-local.conf",
+        hosts = hosts.display(),
+        etc = etc.path().display(),
+        nginx = nginx.display(),
+    );
+    let output = Command::new(unshare)
+        .args(["-mn", "sh", "-c", &script])
+        .output()
+        .expect("unshare");
+    assert!(
+        output.status.success(),
+        "nginx -t failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn nginx_rejects_a_config_that_names_an_unknown_upstream() {
+    // The same run as above with the upstream missing from /etc/hosts must fail, or the test
+    // above proves nothing.
+    let (Some(nginx), Some(unshare), Some(openssl)) = (
+        testkit::require_tool("nginx", "apt-get install nginx"),
+        testkit::require_tool("unshare", "apt-get install util-linux"),
+        testkit::require_tool("openssl", "apt-get install openssl"),
+    ) else {
+        return;
+    };
+    if !testkit::is_root() {
+        eprintln!("SKIPPED: nginx -t in fresh namespaces needs root");
+        return;
+    }
+    let etc = etc_nginx(&openssl);
+    let hosts = etc.path().join("hosts");
+    std::fs::write(&hosts, "127.0.0.1 localhost\n").expect("hosts");
+    let script = format!(
+        "mount --bind {} /etc/hosts && mount --bind {} /etc/nginx && mount -t tmpfs tmpfs /tmp && {} -q -e stderr -t -p /etc/nginx/ -c /etc/nginx/nginx.conf",
+        hosts.display(),
+        etc.path().display(),
+        nginx.display()
+    );
+    let output = Command::new(unshare)
+        .args(["-mn", "sh", "-c", &script])
+        .output()
+        .expect("unshare");
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("gateway"));
+}
+
+#[test]
+fn docker_compose_accepts_the_committed_files() {
+    let Some(docker_compose) =
+        testkit::require_tool("docker-compose", "apt-get install docker-compose")
+    else {
+        return;
+    };
+    for server in ["a", "b"] {
+        let folder = root().join(DEFAULT_OUT).join(format!("server-{server}"));
+        let env_file = tempfile::NamedTempFile::new().expect("env file");
+        let filled: String = committed(&format!("server-{server}/.env.example"))
+            .lines()
+            .filter(|line| line.ends_with('='))
+            .map(|line| format!("{line}test-value\n"))
+            .collect();
+        std::fs::write(env_file.path(), filled).expect("write env");
+        let run = |env_file: &Path| {
+            Command::new(&docker_compose)
+                .arg("--env-file")
+                .arg(env_file)
+                .arg("-f")
+                .arg(folder.join("compose.yaml"))
+                .args(["config", "-q"])
+                .output()
+                .expect("docker-compose")
+        };
+        let output = run(env_file.path());
+        assert!(
+            output.status.success(),
+            "server {server}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        if filled_is_empty(&committed(&format!("server-{server}/.env.example"))) {
+            continue;
+        }
+        // Without the variables, compose must refuse to start: no credential has a default.
+        let empty = tempfile::NamedTempFile::new().expect("empty env file");
+        let output = run(empty.path());
+        assert!(
+            !output.status.success(),
+            "server {server} started without secrets"
+        );
+        assert!(String::from_utf8_lossy(&output.stderr).contains("in .env (see .env.example)"));
+    }
+}
+
+fn filled_is_empty(env_example: &str) -> bool {
+    !env_example.lines().any(|line| line.ends_with('='))
+}
