@@ -3,10 +3,10 @@
 
 use std::path::PathBuf;
 
-/// The workspace root: `CAIRN_ROOT` when set (a Nix derivation or a test running the assembler
-/// on another checkout), else the parent of `xtask/`.
+/// The workspace root: `CAIRN_ROOT` when set (a store-built xtask runs far from the directory
+/// it was compiled in, e.g. inside a Nix derivation), else the parent of `xtask/`.
 pub fn root() -> PathBuf {
-    if let Some(root) = std::env::var_os("CAIRN_ROOT") {
+    if let Some(root) = std::env::var_os("CAIRN_ROOT").filter(|root| !root.is_empty()) {
         return PathBuf::from(root);
     }
     let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));

@@ -40,6 +40,14 @@ pub const DEBIAN_TOOLS: &[DebianTool] = &[
         program: "wrk",
         package: "wrk",
     },
+    DebianTool {
+        program: "nix-instantiate",
+        package: "nix-bin",
+    },
+    DebianTool {
+        program: "patchelf",
+        package: "patchelf",
+    },
     // render: nginx -t in fresh namespaces with a self-signed certificate, and docker-compose's
     // own reading of the rendered compose files.
     DebianTool {
@@ -119,6 +127,11 @@ pub const CARGO_TOOLS: &[CargoTool] = &[
             "--features",
             "binary",
         ],
+    },
+    // The Nix checks: unused code in every .nix file.
+    CargoTool {
+        program: "deadnix",
+        install_args: &["--locked", "deadnix", "--version", "1.3.1"],
     },
 ];
 

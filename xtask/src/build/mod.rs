@@ -5,11 +5,12 @@
 //! It never packages anything: images are `image`'s job.
 
 pub mod cargo;
+pub mod nix;
 pub mod provenance;
 
 use std::path::PathBuf;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 
 /// One binary to build: a workspace package, the binary target, cargo features.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,8 +41,9 @@ pub enum Backend {
 pub struct BuildArgs {
     /// Services to build (default: every service of the workspace).
     services: Vec<String>,
-    #[arg(long, value_enum, default_value_t = Backend::Cargo)]
-    backend: Backend,
+    /// Default: nix when `nix` is installed and evaluates the flake, else cargo.
+    #[arg(long, value_enum)]
+    backend: Option<Backend>,
     /// Print the built binaries as JSON.
     #[arg(long)]
     json: bool,
@@ -51,8 +53,21 @@ pub struct BuildArgs {
 pub fn build(backend: Backend, requests: &[BuildRequest]) -> Result<Vec<BuiltBinary>> {
     match backend {
         Backend::Cargo => cargo::build(requests),
-        Backend::Nix => {
-            bail!("the nix backend is added by the flake (`nix build`); use --backend cargo here")
+        Backend::Nix => nix::build(requests),
+    }
+}
+
+/// The backend to use: the one asked for, else nix when it works here, else cargo.
+pub fn choose(requested: Option<Backend>) -> Backend {
+    if let Some(backend) = requested {
+        return backend;
+    }
+    match nix::availability(&crate::project::root()) {
+        nix::Availability::Usable => Backend::Nix,
+        nix::Availability::Missing => Backend::Cargo,
+        nix::Availability::Broken(reason) => {
+            eprintln!("build: using cargo: nix cannot evaluate the flake here ({reason})");
+            Backend::Cargo
         }
     }
 }
@@ -71,7 +86,7 @@ pub fn run(args: &BuildArgs) -> Result<()> {
             features: Vec::new(),
         })
         .collect();
-    let built = build(args.backend, &requests)?;
+    let built = build(choose(args.backend), &requests)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&built)?);
     } else {

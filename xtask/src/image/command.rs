@@ -106,6 +106,9 @@ pub struct ImageArgs {
     /// Layer cache directory (default: `<out>-cache`).
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
+    /// How the binaries to pack are built (default: nix when it works here, else cargo).
+    #[arg(long, value_enum)]
+    pub backend: Option<Backend>,
 }
 
 pub fn run(args: &ImageArgs) -> Result<()> {
@@ -171,7 +174,7 @@ pub fn plan_from_args(args: &ImageArgs, root: &Path) -> Result<ImagePlan> {
     let built = if requests.is_empty() {
         Vec::new()
     } else {
-        build::build(Backend::Cargo, &requests)?
+        build::build(build::choose(args.backend), &requests)?
     };
     let mut images = Vec::new();
     for name in &names {

@@ -60,8 +60,16 @@ pub fn closure(binary: &Path, extra_dirs: &[PathBuf]) -> Result<Vec<SharedLibrar
             },
         );
     }
+    // The loader answers a DT_NEEDED of its own soname (libc needs ld-linux-x86-64.so.2) with
+    // itself, already loaded as the interpreter: never look that name up in library directories
+    // (a Nix binary's libc has no RUNPATH, and a build sandbox has no /lib to fall back on).
+    let mut seen: BTreeSet<String> = root
+        .interpreter
+        .iter()
+        .filter_map(|interpreter| Path::new(interpreter).file_name())
+        .map(|name| name.to_string_lossy().into_owned())
+        .collect();
     let mut queue: VecDeque<(PathBuf, Dynamic)> = VecDeque::from([(binary.to_owned(), root)]);
-    let mut seen: BTreeSet<String> = BTreeSet::new();
     while let Some((owner, info)) = queue.pop_front() {
         for soname in &info.needed {
             if is_injected_by_runtime(soname) || !seen.insert(soname.clone()) {
