@@ -40,8 +40,7 @@ fn read_json(path: &Path) -> Value {
 
 /// The `image:` of the gateway service in a rendered compose file.
 fn pinned_gateway(bundle: &Path) -> String {
-    let text =
-        std::fs::read_to_string(bundle.join("server-a/compose.yaml")).expect("compose.yaml");
+    let text = std::fs::read_to_string(bundle.join("server-a/compose.yaml")).expect("compose.yaml");
     let compose: Value = serde_norway::from_str(&text).expect("compose YAML");
     compose["services"]["gateway"]["image"]
         .as_str()
@@ -72,7 +71,11 @@ fn release_without_registry_writes_a_complete_bundle() {
     assert_eq!(manifest["images"].as_array().map(Vec::len), Some(1));
     assert_eq!(image["name"], "gateway");
     assert!(manifest["revision"].as_str().is_some_and(|r| !r.is_empty()));
-    assert!(manifest["toolchain"].as_str().is_some_and(|t| t.starts_with("rustc ")));
+    assert!(
+        manifest["toolchain"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("rustc "))
+    );
     assert!(image["size"].as_u64().is_some_and(|s| s > 0));
     let digest = image["digest"].as_str().expect("digest");
     assert_eq!(
@@ -94,9 +97,15 @@ fn release_without_registry_writes_a_complete_bundle() {
         .filter_map(|c| c["name"].as_str())
         .collect();
     for expected in ["gateway", "axum", "tokio", "lifecycle"] {
-        assert!(names.contains(&expected), "SBOM lacks {expected}: {names:?}");
+        assert!(
+            names.contains(&expected),
+            "SBOM lacks {expected}: {names:?}"
+        );
     }
-    assert!(!names.contains(&"expect-test"), "dev dependency in the SBOM");
+    assert!(
+        !names.contains(&"expect-test"),
+        "dev dependency in the SBOM"
+    );
     let libc = sbom["components"]
         .as_array()
         .expect("components")
@@ -104,7 +113,9 @@ fn release_without_registry_writes_a_complete_bundle() {
         .find(|c| c["name"].as_str().is_some_and(|n| n.contains("libc.so")))
         .expect("libc packed and listed");
     assert!(
-        libc["purl"].as_str().is_some_and(|p| p.starts_with("pkg:deb/debian/libc6@")),
+        libc["purl"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("pkg:deb/debian/libc6@")),
         "{libc}"
     );
 }
@@ -127,11 +138,18 @@ fn release_to_a_registry_pins_what_the_registry_serves_and_repeats_as_a_no_op() 
         .arg(format!("docker://{target}/gateway:latest"))
         .output()
         .expect("run skopeo");
-    assert!(inspect.status.success(), "{}", String::from_utf8_lossy(&inspect.stderr));
+    assert!(
+        inspect.status.success(),
+        "{}",
+        String::from_utf8_lossy(&inspect.stderr)
+    );
     let served: Value = serde_json::from_slice(&inspect.stdout).expect("skopeo JSON");
     let digest = served["Digest"].as_str().expect("Digest");
     assert_eq!(pinned, format!("{target}/gateway@{digest}"));
-    assert!(!out.join("oci").exists(), "a pushed release carries no layout");
+    assert!(
+        !out.join("oci").exists(),
+        "a pushed release carries no layout"
+    );
 
     let again = release(&out, &args);
     assert!(again.contains("(0 layers compressed"), "{again}");

@@ -158,12 +158,15 @@ fn built_images(topology: &Topology, path: &Path, have_cuda: bool) -> Result<Vec
     names.sort();
     names.dedup();
     for name in &names {
-        let entry = CATALOG.iter().find(|i| i.name == name).with_context(|| {
-            format!(
-                "{}: image {name:?} cannot be built: it is not one of cairn's images",
-                path.display()
-            )
-        })?;
+        let entry = CATALOG
+            .iter()
+            .find(|i| i.name == name.as_str())
+            .with_context(|| {
+                format!(
+                    "{}: image {name:?} cannot be built: it is not one of cairn's images",
+                    path.display()
+                )
+            })?;
         if entry.gpu && !have_cuda {
             bail!(
                 "{}: image {name:?} needs the CUDA libraries (and nvcc to build): pass --cuda-dir \
@@ -233,7 +236,12 @@ fn push(
 }
 
 /// One docker-archive per image under `images/`, each loadable with `docker load`.
-fn write_archives(report: &ImageReport, layout: &LayoutDir, bundle: &Path, epoch: u64) -> Result<()> {
+fn write_archives(
+    report: &ImageReport,
+    layout: &LayoutDir,
+    bundle: &Path,
+    epoch: u64,
+) -> Result<()> {
     for image in &report.images {
         let single = ImageReport {
             images: vec![image.clone()],
