@@ -53,6 +53,8 @@ fn release_without_registry_writes_a_complete_bundle() {
     let dir = tempfile::tempdir().expect("temp dir");
     let out = dir.path().join("bundle");
     release(&out, &[]);
+    let again = release(&out, &[]);
+    assert!(again.contains("(0 layers compressed"), "{again}");
 
     for file in [
         "server-a/compose.yaml",

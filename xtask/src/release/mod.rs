@@ -23,7 +23,7 @@ use anyhow::{Context, Result, bail};
 use crate::build::provenance;
 use crate::image::command::{CATALOG, ImageArgs, OutputFormat, plan_from_args};
 use crate::image::layer::Compression;
-use crate::image::layout::{LayoutDir, write_atomically};
+use crate::image::layout::{Descriptor, LayoutDir, MANIFEST_MEDIA_TYPE, write_atomically};
 use crate::image::{self, ImageReport, docker_archive, elf};
 use crate::project;
 use crate::registry::client::Transport;
@@ -81,10 +81,8 @@ pub fn run(args: &ReleaseArgs) -> Result<()> {
         .with_context(|| format!("creating a temporary folder in {}", parent.display()))?;
     let bundle = staging.path();
 
-    let layout_dir = match args.registry {
-        Some(_) => root.join("target").join("oci"),
-        None => bundle.join("oci"),
-    };
+    // Always the shared layout: its blobs are what lets the layer cache skip unchanged layers.
+    let layout_dir = root.join("target").join("oci");
     let image_args = image_args(&root, &names, &layout_dir, args.cuda_dir.clone());
     let plan = plan_from_args(&image_args, &root)?;
     let layout = LayoutDir::open(&layout_dir)?;
@@ -98,6 +96,7 @@ pub fn run(args: &ReleaseArgs) -> Result<()> {
     let references = match &args.registry {
         Some(registry) => push(args, registry, &layout_dir, &names)?,
         None => {
+            copy_layout(&report, &layout, &bundle.join("oci"))?;
             write_archives(&report, &layout, bundle, plan.epoch)?;
             local_references(&report)
         }
@@ -233,6 +232,35 @@ fn push(
         .into_iter()
         .map(|image| (image.name, image.reference))
         .collect())
+}
+
+/// An OCI layout of only the release's images: their blobs copied from `from`, index.json last.
+fn copy_layout(report: &ImageReport, from: &LayoutDir, to: &Path) -> Result<()> {
+    let layout = LayoutDir::open(to)?;
+    let mut named = Vec::new();
+    for image in &report.images {
+        let digests = image
+            .layers
+            .iter()
+            .map(|layer| &layer.digest)
+            .chain([&image.config_digest, &image.digest]);
+        for digest in digests {
+            let target = layout.blob_path(digest);
+            std::fs::copy(from.blob_path(digest), &target)
+                .with_context(|| format!("copying blob {digest} into {}", to.display()))?;
+        }
+        let size = std::fs::metadata(layout.blob_path(&image.digest))
+            .with_context(|| format!("reading the manifest of {}", image.name))?
+            .len();
+        let manifest = Descriptor {
+            media_type: MANIFEST_MEDIA_TYPE.into(),
+            digest: image.digest.clone(),
+            size,
+        };
+        named.push((image.name.clone(), manifest));
+    }
+    layout.write_index(&named)?;
+    Ok(())
 }
 
 /// One docker-archive per image under `images/`, each loadable with `docker load`.
