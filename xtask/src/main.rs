@@ -33,7 +33,7 @@ enum Command {
     Render(render::RenderArgs),
     /// Build, pack, push (with --registry), render with the digests, and bundle a release.
     Release(release::ReleaseArgs),
-    /// Run a benchmark against the real alternative (`cargo xtask bench gateway|image|push`).
+    /// Run a benchmark against the real alternative (`cargo xtask bench gateway|image|push|inference`).
     Bench(bench::BenchArgs),
     /// Run the whole test suite: fmt, clippy, install missing tools, every test of the workspace.
     Test(test::TestArgs),

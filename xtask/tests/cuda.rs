@@ -11,9 +11,9 @@ use std::process::Command;
 use image_support::{blob_json, compile_fixture, index, layers, xtask_unchecked};
 
 const WHEEL: &str = "nvidia-cuda-runtime-cu12==12.9.79";
-/// The CUDA layer of libcudart 12.9.79 under the pinned tar + gzip settings and the tests' epoch.
+/// The CUDA layer of libcudart 12.9.79 under the pinned tar + gzip settings.
 const CUDART_LAYER: &str =
-    "sha256:61cecbd96da74e7af62ff2c795dbfbf2e7e472d72e21b7efacf56c502f5d2d76";
+    "sha256:6530751902b43d0184a87491991c4a38a9ed088bcbc9353187faf1de2b72d150";
 
 /// Downloads the wheel and unpacks its libraries into `dir/cuda`; None when pip is missing.
 fn cuda_dir(dir: &Path) -> Option<PathBuf> {

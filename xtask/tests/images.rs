@@ -395,5 +395,42 @@ fn docker_loads_the_archive_and_runs_the_image() {
         "docker run: {}",
         String::from_utf8_lossy(&run.stderr)
     );
+    let _ = Command::new(&docker)
+        .args(["rmi", "cairn/demo:latest", "cairn/demo2:latest"])
+        .output();
     assert_eq!(String::from_utf8_lossy(&run.stdout).trim(), "65532");
+}
+
+#[test]
+fn a_new_source_date_epoch_changes_the_config_but_no_layer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = fixture_layout(dir.path());
+    let later = dir.path().join("oci-later");
+    let binary = format!("demo={}", dir.path().join("fixture").display());
+    xtask(
+        &[
+            "image",
+            "--out",
+            &later.display().to_string(),
+            "--binary",
+            &binary,
+        ],
+        &[("SOURCE_DATE_EPOCH", Path::new("1800000000"))],
+    );
+    assert_eq!(
+        image_support::layers(&out, "demo"),
+        image_support::layers(&later, "demo")
+    );
+    let digest = |layout: &Path| {
+        index(layout)
+            .into_iter()
+            .find(|(n, _)| n == "demo")
+            .expect("demo")
+            .1
+    };
+    assert_ne!(
+        digest(&out),
+        digest(&later),
+        "created is part of the config"
+    );
 }

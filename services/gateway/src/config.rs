@@ -20,6 +20,8 @@ use crate::rate_limit::{BucketKind, Quota};
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// Worker threads, each with its own single-threaded runtime.
+    pub workers: usize,
     pub api: PoolConfig,
     pub inference: PoolConfig,
     pub health_check: HealthCheckConfig,
@@ -138,6 +140,7 @@ impl Environment {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     listen: Option<Spanned<String>>,
+    workers: Option<u64>,
     health_all_timeout_ms: Option<u64>,
     max_body_bytes: Option<u64>,
     drain_timeout_ms: Option<u64>,
@@ -282,8 +285,19 @@ fn resolve(
             parse_net,
         )?
         .unwrap_or_else(default_trusted_proxies);
+    let workers = match lookup.number("GATEWAY_WORKERS", file.workers)? {
+        Some(0) => {
+            return Err(ConfigError::Invalid {
+                origin: "GATEWAY_WORKERS".into(),
+                message: "must be at least 1".into(),
+            });
+        }
+        Some(n) => usize::try_from(n).unwrap_or(usize::MAX).min(1024),
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
     Ok(Config {
         listen,
+        workers,
         api,
         inference,
         health_check,

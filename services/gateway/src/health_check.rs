@@ -88,8 +88,13 @@ pub async fn run(pool: Arc<Pool>, interval: Duration, timeout: Duration) {
             let pool = Arc::clone(&pool);
             probes.spawn(async move {
                 let instance = &pool.instances[index];
-                let report =
-                    probe(&pool.client, &instance.upstream, &pool.health_path, timeout).await;
+                let report = probe(
+                    pool.client(),
+                    &instance.upstream,
+                    &pool.health_path,
+                    timeout,
+                )
+                .await;
                 let outcome = if report.is_up() {
                     Outcome::Success
                 } else {

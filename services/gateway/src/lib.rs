@@ -21,6 +21,7 @@
 //! |---|---|---|---|
 //! | `GATEWAY_CONFIG` | | unset | Path of the optional TOML file. |
 //! | `GATEWAY_LISTEN` | `listen` | `0.0.0.0:8080` | Address to listen on. |
+//! | `GATEWAY_WORKERS` | `workers` | CPU count | Worker threads, each with its own single-threaded runtime (set it to the container's CPU limit). |
 //! | `GATEWAY_API_UPSTREAMS` | `pools.api.upstreams` | required | Comma-separated `http://host:port` of the api instances. |
 //! | `GATEWAY_INFERENCE_UPSTREAMS` | `pools.inference.upstreams` | required | Comma-separated `http://host:port` of the inference instances. |
 //! | `GATEWAY_API_HEALTH_PATH` | `pools.api.health_path` | `/api/health` | Path probed on each api instance. |

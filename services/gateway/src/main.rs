@@ -43,13 +43,6 @@ fn main() -> ExitCode {
 
 fn serve(config: Config) -> ExitCode {
     lifecycle::telemetry::init(lifecycle::telemetry::LogFormat::from_env());
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("gateway: cannot start the runtime: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
     let metrics = match gateway::observe::install_metrics() {
         Ok(handle) => handle,
         Err(err) => {
@@ -57,7 +50,7 @@ fn serve(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(gateway::app::serve(config, metrics)) {
+    match gateway::app::serve(config, metrics) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(error = %err, "gateway failed");

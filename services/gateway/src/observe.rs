@@ -77,11 +77,46 @@ pub async fn observe(mut request: Request, next: Next) -> Response {
     .await
 }
 
+const ROUTES: [&str; 5] = ["api", "inference", "health", "metrics", "other"];
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Metric handles for every (route, status class), registered once: the hot path then only
+/// touches atomics instead of hashing labels on every request.
+struct Handles {
+    requests: Vec<metrics::Counter>,
+    durations: Vec<metrics::Histogram>,
+}
+
+fn handles() -> &'static Handles {
+    static HANDLES: std::sync::OnceLock<Handles> = std::sync::OnceLock::new();
+    HANDLES.get_or_init(|| Handles {
+        requests: ROUTES
+            .iter()
+            .flat_map(|route| {
+                STATUS_CLASSES.iter().map(move |status| {
+                    metrics::counter!("gateway_requests_total", "route" => *route, "status" => *status)
+                })
+            })
+            .collect(),
+        durations: ROUTES
+            .iter()
+            .map(|route| metrics::histogram!("gateway_request_duration_seconds", "route" => *route))
+            .collect(),
+    })
+}
+
 fn record(route: &'static str, status: u16, elapsed: Duration) {
-    let status = status_class(status);
-    metrics::counter!("gateway_requests_total", "route" => route, "status" => status).increment(1);
-    metrics::histogram!("gateway_request_duration_seconds", "route" => route)
-        .record(elapsed.as_secs_f64());
+    let route_index = ROUTES
+        .iter()
+        .position(|r| *r == route)
+        .unwrap_or(ROUTES.len() - 1);
+    let status_index = STATUS_CLASSES
+        .iter()
+        .position(|s| *s == status_class(status))
+        .unwrap_or(STATUS_CLASSES.len() - 1);
+    let handles = handles();
+    handles.requests[route_index * STATUS_CLASSES.len() + status_index].increment(1);
+    handles.durations[route_index].record(elapsed.as_secs_f64());
 }
 
 fn status_class(status: u16) -> &'static str {

@@ -2,8 +2,13 @@
 //! the healthy ones. The health state machine (`HealthState::record`) is pure; active probing
 //! lives in `health_check`, passive ejection is called by `proxy` on connect errors.
 //!
+//! The gateway runs one single-threaded runtime per worker thread (see `app`); a pool keeps one
+//! HTTP client per worker so that a request reuses connections driven by its own thread's
+//! runtime and never wakes another thread.
+//!
 //! A pool must never build requests or know about routes.
 
+use std::cell::Cell;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -124,7 +129,8 @@ impl Instance {
 pub struct Pool {
     pub service: Service,
     pub instances: Vec<Instance>,
-    pub client: Client<HttpConnector, Body>,
+    /// One per worker thread, then one for every other thread (health checks).
+    clients: Vec<Client<HttpConnector, Body>>,
     pub health_path: String,
     pub critical: bool,
     pub response_timeout: Duration,
@@ -133,7 +139,12 @@ pub struct Pool {
 }
 
 impl Pool {
-    pub fn new(service: Service, config: &PoolConfig, rules: HealthCheckConfig) -> Self {
+    pub fn new(
+        service: Service,
+        config: &PoolConfig,
+        rules: HealthCheckConfig,
+        workers: usize,
+    ) -> Self {
         for upstream in &config.upstreams {
             metrics::gauge!("gateway_upstream_healthy", "service" => service.name(), "upstream" => upstream.url())
                 .set(1.0);
@@ -146,13 +157,21 @@ impl Pool {
                 .cloned()
                 .map(Instance::new)
                 .collect(),
-            client: upstream_client(config.connect_timeout),
+            clients: (0..=workers)
+                .map(|_| upstream_client(config.connect_timeout))
+                .collect(),
             health_path: config.health_path.clone(),
             critical: config.critical,
             response_timeout: config.response_timeout,
             rules,
             next: AtomicUsize::new(0),
         }
+    }
+
+    /// The client of the calling thread's worker (or the shared one off the workers).
+    pub fn client(&self) -> &Client<HttpConnector, Body> {
+        let index = WORKER.with(Cell::get).min(self.clients.len() - 1);
+        &self.clients[index]
     }
 
     /// The next healthy instance in round-robin order, or `None` when nobody is healthy.
@@ -190,6 +209,15 @@ impl Pool {
             tracing::warn!(service, upstream, cause, "upstream ejected from the pool");
         }
     }
+}
+
+thread_local! {
+    static WORKER: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+
+/// Marks the calling thread as worker `index`; call first thing on each worker thread.
+pub fn set_worker_index(index: usize) {
+    WORKER.with(|worker| worker.set(index));
 }
 
 /// A keep-alive HTTP/1 client with the pool's connect timeout.
@@ -244,7 +272,7 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             response_timeout: Duration::from_secs(1),
         };
-        let pool = Pool::new(Service::Api, &config, RULES);
+        let pool = Pool::new(Service::Api, &config, RULES, 2);
         let picks: Vec<String> = (0..3)
             .map(|_| pool.pick().expect("healthy").upstream.url())
             .collect();

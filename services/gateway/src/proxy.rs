@@ -149,7 +149,7 @@ async fn send(
     let service = pool.service.name();
     let upstream = || instance.upstream.url();
     let timeout = pool.response_timeout;
-    let result = tokio::time::timeout(timeout, pool.client.request(outgoing)).await;
+    let result = tokio::time::timeout(timeout, pool.client().request(outgoing)).await;
     let err = match result {
         Ok(Ok(response)) => return Ok(response),
         Ok(Err(err)) => err,

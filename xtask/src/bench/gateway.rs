@@ -2,7 +2,7 @@
 //! block with `keepalive`) side by side in one run, both in front of the same upstream (a
 //! separate nginx answering 200 from memory), loaded by Debian's `wrk`. Rounds alternate
 //! between the two so that drift on a shared machine hits both; it prints requests/s and p99
-//! per round, the best of each, their ratio, and the gateway's idle RSS and binary size.
+//! per round, the median of each, their ratio, and the gateway's idle RSS and binary size.
 //!
 //! Access logs are off on both sides (nginx `access_log off`, gateway `RUST_LOG=warn`) and the
 //! gateway's rate limits are off, so both do the same work: forward and answer.
@@ -20,7 +20,7 @@ use crate::project;
 #[derive(Debug, clap::Args)]
 pub struct GatewayBenchArgs {
     /// Seconds of load per round and side.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 5)]
     duration: u32,
     /// Concurrent connections wrk keeps open.
     #[arg(long, default_value_t = 64)]
@@ -28,8 +28,8 @@ pub struct GatewayBenchArgs {
     /// wrk threads.
     #[arg(long, default_value_t = 2)]
     threads: u32,
-    /// Rounds; each runs nginx then the gateway.
-    #[arg(long, default_value_t = 2)]
+    /// Rounds; each runs nginx then the gateway, so load from elsewhere hits both alike.
+    #[arg(long, default_value_t = 5)]
     rounds: u32,
 }
 
@@ -86,19 +86,14 @@ pub fn run(args: &GatewayBenchArgs) -> Result<()> {
         nginx.push(n);
         ours.push(g);
     }
-    let best = |runs: &[Measurement]| {
-        runs.iter()
-            .copied()
-            .max_by(|a, b| a.requests_per_second.total_cmp(&b.requests_per_second))
-    };
-    let (Some(n), Some(g)) = (best(&nginx), best(&ours)) else {
+    let (Some(n), Some(g)) = (median(&nginx), median(&ours)) else {
         bail!("no rounds ran (--rounds 0)");
     };
     let size = std::fs::metadata(&binary)
         .with_context(|| format!("reading {}", binary.display()))?
         .len();
     println!(
-        "\nbest of {} rounds, {} connections, {} wrk threads, {} s each, on {} cores:",
+        "\nmedian of {} rounds, {} connections, {} wrk threads, {} s each, on {} cores:",
         args.rounds,
         args.connections,
         args.threads,
@@ -123,6 +118,18 @@ pub fn run(args: &GatewayBenchArgs) -> Result<()> {
         size as f64 / 1048576.0
     );
     Ok(())
+}
+
+/// The median of each figure on its own (requests/s and p99 need not come from the same round).
+fn median(runs: &[Measurement]) -> Option<Measurement> {
+    let middle = |mut values: Vec<f64>| {
+        values.sort_by(f64::total_cmp);
+        values.get(values.len() / 2).copied()
+    };
+    Some(Measurement {
+        requests_per_second: middle(runs.iter().map(|m| m.requests_per_second).collect())?,
+        p99: Duration::from_secs_f64(middle(runs.iter().map(|m| m.p99.as_secs_f64()).collect())?),
+    })
 }
 
 fn upstream_conf(port: u16) -> String {

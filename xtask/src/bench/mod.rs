@@ -3,6 +3,7 @@
 
 mod gateway;
 mod image;
+mod inference;
 mod push;
 
 use anyhow::Result;
@@ -21,6 +22,9 @@ enum Bench {
     Push(push::PushBenchArgs),
     /// cairn's assembler vs umoci (new + insert + config) on the same files, plus a no-op re-run.
     Image(image::BenchImageArgs),
+    /// Time to first token and decode tokens/s of the inference service on a Qwen2.5-0.5B-shaped
+    /// random model, next to PyTorch + transformers running the same weights.
+    Inference(inference::InferenceBenchArgs),
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
@@ -28,5 +32,6 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         Bench::Gateway(args) => gateway::run(args),
         Bench::Push(args) => push::run(args),
         Bench::Image(args) => image::run(args),
+        Bench::Inference(args) => inference::run(args),
     }
 }

@@ -102,7 +102,7 @@ fn run_cargo(
     features: &[String],
     group: &[&BuildRequest],
 ) -> Result<()> {
-    let epoch = provenance::source_date_epoch(root)?;
+    let epoch = provenance::source_date_epoch()?;
     let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     command
         .current_dir(root)

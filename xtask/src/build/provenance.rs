@@ -7,17 +7,19 @@ use std::process::Command;
 
 use anyhow::{Context, Result};
 
-/// SOURCE_DATE_EPOCH, else the commit time of HEAD, else 0.
-pub fn source_date_epoch(root: &Path) -> Result<u64> {
-    if let Ok(value) = std::env::var("SOURCE_DATE_EPOCH") {
-        return value
+/// The timestamp when SOURCE_DATE_EPOCH is unset: fixed, so that two builds of one commit agree
+/// without being told.
+pub const DEFAULT_EPOCH: u64 = 0;
+
+/// SOURCE_DATE_EPOCH, else `DEFAULT_EPOCH`.
+pub fn source_date_epoch() -> Result<u64> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(value) => value
             .trim()
             .parse()
-            .with_context(|| format!("SOURCE_DATE_EPOCH={value:?} is not a number of seconds"));
+            .with_context(|| format!("SOURCE_DATE_EPOCH={value:?} is not a number of seconds")),
+        Err(_) => Ok(DEFAULT_EPOCH),
     }
-    Ok(git(root, &["log", "-1", "--format=%ct"])
-        .and_then(|text| text.parse().ok())
-        .unwrap_or(0))
 }
 
 /// CAIRN_SOURCE, else git's origin URL, else "unknown".

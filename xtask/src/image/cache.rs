@@ -13,7 +13,7 @@ use super::layer::{Compression, EntrySource, LayerPlan, sha256, sha256_file};
 use super::layout::{canonical_json, write_atomically};
 
 /// Bump when the tar or compressor settings change, so old entries stop matching.
-const FORMAT_VERSION: u32 = 1;
+const FORMAT_VERSION: u32 = 2;
 
 /// What a cached layer produced.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -65,7 +65,8 @@ pub enum OutputFormat {
 
 #[derive(Debug, clap::Args)]
 pub struct ImageArgs {
-    /// Images to write (default: those whose service exists; inference-cuda with --cuda-dir).
+    /// Images to write (default: the `--binary` images when any are given, else every service
+    /// that exists, inference-cuda only with --cuda-dir).
     pub images: Vec<String>,
     /// The OCI layout directory.
     #[arg(long, default_value = "target/oci")]
@@ -195,7 +196,7 @@ pub fn plan_from_args(args: &ImageArgs, root: &Path) -> Result<ImagePlan> {
         images,
         ca_bundle: args.ca_bundle.clone(),
         compression: args.compression,
-        epoch: provenance::source_date_epoch(root)?,
+        epoch: provenance::source_date_epoch()?,
         cache: args
             .cache_dir
             .clone()
@@ -235,7 +236,10 @@ fn selected_images(
         }
         return Ok(args.images.clone());
     }
-    let mut names: Vec<String> = CATALOG
+    if !given.is_empty() {
+        return Ok(given.iter().map(|(image, _)| image.clone()).collect());
+    }
+    let names: Vec<String> = CATALOG
         .iter()
         .filter(|image| {
             root.join("services")
@@ -246,11 +250,6 @@ fn selected_images(
         .filter(|image| !image.gpu || args.cuda_dir.is_some())
         .map(|image| image.name.to_owned())
         .collect();
-    for (image, _) in given {
-        if !names.contains(image) {
-            names.push(image.clone());
-        }
-    }
     if names.is_empty() {
         bail!(
             "no image to write: no service under {}/services and no --binary given",

@@ -13,6 +13,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use sha2::{Digest as _, Sha256};
 
+/// The mtime of every entry of every layer. Fixed, not SOURCE_DATE_EPOCH: a new commit then
+/// changes only the configs (`created`), never a layer whose files did not change, so layers
+/// stay shared across releases.
+pub const MTIME: u64 = 0;
+
 /// What an entry is made of.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EntrySource {

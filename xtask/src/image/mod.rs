@@ -34,7 +34,7 @@ pub struct ImagePlan {
     /// The CA bundle copied to /etc/ssl/certs/ca-certificates.crt.
     pub ca_bundle: PathBuf,
     pub compression: Compression,
-    /// SOURCE_DATE_EPOCH: every mtime and the `created` fields.
+    /// SOURCE_DATE_EPOCH: the `created` fields (layer mtimes are `layer::MTIME`).
     pub epoch: u64,
     pub cache: LayerCache,
 }
@@ -204,7 +204,7 @@ fn write_layer(
     layer_plan: &LayerPlan,
     layout: &LayoutDir,
 ) -> Result<LayerReport> {
-    let key = LayerCache::key(layer_plan, plan.compression, plan.epoch)?;
+    let key = LayerCache::key(layer_plan, plan.compression, layer::MTIME)?;
     if let Some(hit) = plan
         .cache
         .get(&key)
@@ -218,7 +218,7 @@ fn write_layer(
             compressed: false,
         });
     }
-    let written = layer::write(layer_plan, plan.compression, plan.epoch, &layout.root)?;
+    let written = layer::write(layer_plan, plan.compression, layer::MTIME, &layout.root)?;
     let cached = CachedLayer {
         digest: written.digest.clone(),
         diff_id: written.diff_id.clone(),

@@ -152,3 +152,16 @@ fn root_is_refused() {
         ]],
     );
 }
+
+#[test]
+fn a_link_across_servers_needs_a_published_port() {
+    assert_error(
+        &edited(
+            "publish = [{ host = 8001, container = 8001, bind = \"private\" }]\n",
+            "",
+        ),
+        expect![[
+            r#"deploy/topology.toml line 111: services.gateway.links.GATEWAY_INFERENCE_UPSTREAMS: service "inference" runs on server "b" but publishes no host port for its port, so server "a" cannot reach it"#
+        ]],
+    );
+}

@@ -121,7 +121,12 @@ fn check_service(topology: &Topology, name: &str, service: &Service) -> Result<(
         check_dependency(topology, name, service, dependency)?;
     }
     for (variable, target) in &service.links {
-        check_link(topology, &field(&format!("links.{variable}")), target)?;
+        check_link(
+            topology,
+            &field(&format!("links.{variable}")),
+            service,
+            target,
+        )?;
     }
     if let Some(gpu) = &service.gpu {
         check_gpu(&field("gpu"), service.server.get_ref(), server.gpus, gpu)?;
@@ -211,7 +216,12 @@ fn check_dependency(
     Ok(())
 }
 
-fn check_link(topology: &Topology, field: &str, target: &Spanned<String>) -> Result<(), Problem> {
+fn check_link(
+    topology: &Topology,
+    field: &str,
+    from: &Service,
+    target: &Spanned<String>,
+) -> Result<(), Problem> {
     let (service, _path) = split_link(target.get_ref());
     match topology.services.get(service) {
         None => Err(at(target, format!("{field}: unknown service {service:?}"))),
@@ -219,6 +229,22 @@ fn check_link(topology: &Topology, field: &str, target: &Spanned<String>) -> Res
             target,
             format!("{field}: service {service:?} has no `port`"),
         )),
+        Some(linked)
+            if linked.server.get_ref() != from.server.get_ref()
+                && !linked
+                    .publish
+                    .iter()
+                    .any(|p| Some(p.get_ref().container) == linked.port) =>
+        {
+            Err(at(
+                target,
+                format!(
+                    "{field}: service {service:?} runs on server {:?} but publishes no host port for its port, so server {:?} cannot reach it",
+                    linked.server.get_ref(),
+                    from.server.get_ref()
+                ),
+            ))
+        }
         Some(_) => Ok(()),
     }
 }
