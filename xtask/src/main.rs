@@ -7,6 +7,7 @@ mod image;
 mod project;
 mod push;
 mod registry;
+mod release;
 mod render;
 mod test;
 mod topology;
@@ -30,6 +31,8 @@ enum Command {
     Push(push::PushArgs),
     /// Render nginx, compose and .env examples for every server from the topology.
     Render(render::RenderArgs),
+    /// Build, pack, push (with --registry), render with the digests, and bundle a release.
+    Release(release::ReleaseArgs),
     /// Run a benchmark against the real alternative (`cargo xtask bench gateway|image|push|inference|api`).
     Bench(bench::BenchArgs),
     /// Run the whole test suite: fmt, clippy, install missing tools, every test of the workspace.
@@ -43,6 +46,7 @@ fn main() -> anyhow::Result<()> {
         Command::Image(args) => image::command::run(&args),
         Command::Push(args) => push::run(&args),
         Command::Render(args) => render::run(&args),
+        Command::Release(args) => release::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::Test(args) => test::run(&args),
     }

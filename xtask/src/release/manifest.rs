@@ -1,0 +1,37 @@
+//! `release.json`: what a release contains, for people and for deploy scripts. Built from the
+//! facts the other steps report (pure); this module never runs anything.
+
+use serde::Serialize;
+
+/// The whole release.
+#[derive(Debug, Clone, Serialize)]
+pub struct Release {
+    /// `git rev-parse HEAD` of the source, or CAIRN_REVISION.
+    pub revision: String,
+    /// `rustc -V` of the toolchain that built the binaries.
+    pub toolchain: String,
+    pub source_date_epoch: u64,
+    /// The topology the bundle was rendered from.
+    pub topology: String,
+    /// `HOST/NAMESPACE` images were pushed to; None when they travel in the bundle.
+    pub registry: Option<String>,
+    pub images: Vec<ReleasedImage>,
+    /// One folder per server, relative to the bundle.
+    pub servers: Vec<String>,
+}
+
+/// One image of the release.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReleasedImage {
+    pub name: String,
+    /// The manifest digest.
+    pub digest: String,
+    /// What the compose files pin: `REPOSITORY@DIGEST`.
+    pub reference: String,
+    /// Compressed layers + config + manifest: the bytes a pull transfers.
+    pub size: u64,
+    /// The CycloneDX SBOM, relative to the bundle.
+    pub sbom: String,
+    /// The docker-archive tarball, relative to the bundle (releases without a registry).
+    pub archive: Option<String>,
+}

@@ -1,0 +1,356 @@
+//! `cargo xtask release`: the whole pipeline of DESIGN.md in one command, each step the existing
+//! library function of its module:
+//!
+//! ```text
+//! topology -> build + image (image::assemble) -> push (registry::push, with --registry)
+//!          -> render (render::render, pinned to the digests) -> SBOMs -> release.json -> bundle
+//! ```
+//!
+//! The bundle is written into a temporary folder beside `--out` and renamed into place, so a
+//! reader sees the old bundle or the new one, never half of one. This module owns the order of
+//! the steps and the bundle's shape; it never assembles a layer, speaks the registry protocol or
+//! writes nginx or compose syntax itself.
+
+pub mod manifest;
+pub mod sbom;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+use crate::build::provenance;
+use crate::image::command::{CATALOG, ImageArgs, OutputFormat, plan_from_args};
+use crate::image::layer::Compression;
+use crate::image::layout::{Descriptor, LayoutDir, MANIFEST_MEDIA_TYPE, write_atomically};
+use crate::image::{self, ImageReport, docker_archive, elf};
+use crate::project;
+use crate::registry::client::Transport;
+use crate::registry::layout::Layout;
+use crate::registry::progress::ProgressMode;
+use crate::registry::{self, PushOptions, RegistryTarget};
+use crate::render::{self, ImagePins};
+use crate::topology::{self, Image, Topology};
+
+use manifest::{Release, ReleasedImage};
+
+/// Where the bundle goes by default. Inside cargo's `target/release` but in a folder of its
+/// own, so replacing the bundle never touches cargo's build outputs.
+pub const DEFAULT_OUT: &str = "target/release/bundle";
+
+#[derive(Debug, clap::Args)]
+pub struct ReleaseArgs {
+    /// The topology to release: every `build` image it names is built, packed and pinned.
+    #[arg(long, default_value = topology::DEFAULT_PATH)]
+    topology: PathBuf,
+    /// The bundle folder (replaced as a whole).
+    #[arg(long, default_value = DEFAULT_OUT)]
+    out: PathBuf,
+    /// Push to HOST[:PORT]/NAMESPACE and pin the pushed references. Without it the OCI layout and
+    /// one docker-archive per image go into the bundle.
+    #[arg(long, value_name = "HOST[:PORT]/NAMESPACE")]
+    registry: Option<String>,
+    /// Tag for every pushed image (repeatable).
+    #[arg(long = "tag", value_name = "TAG", default_value = "latest")]
+    tags: Vec<String>,
+    /// Talk plain HTTP to the registry (local registries only).
+    #[arg(long, conflicts_with = "ca_file")]
+    plain_http: bool,
+    /// Extra CA certificates (PEM) to trust for the registry.
+    #[arg(long, value_name = "PEM")]
+    ca_file: Option<PathBuf>,
+    /// Directory holding the CUDA runtime libraries, needed when the topology uses inference-cuda.
+    #[arg(long, env = "CAIRN_CUDA_DIR")]
+    cuda_dir: Option<PathBuf>,
+}
+
+pub fn run(args: &ReleaseArgs) -> Result<()> {
+    let root = project::root();
+    let topology_path = root.join(&args.topology);
+    let topology = topology::load(&topology_path)?;
+    let names = built_images(&topology, &topology_path, args.cuda_dir.is_some())?;
+    let out = root.join(&args.out);
+    let parent = out
+        .parent()
+        .with_context(|| format!("--out {} has no parent folder", out.display()))?;
+    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    let staging = tempfile::Builder::new()
+        .prefix(".release-")
+        .tempdir_in(parent)
+        .with_context(|| format!("creating a temporary folder in {}", parent.display()))?;
+    let bundle = staging.path();
+
+    // Always the shared layout: its blobs are what lets the layer cache skip unchanged layers.
+    let layout_dir = root.join("target").join("oci");
+    let image_args = image_args(&root, &names, &layout_dir, args.cuda_dir.clone());
+    let plan = plan_from_args(&image_args, &root)?;
+    let layout = LayoutDir::open(&layout_dir)?;
+    let report = image::assemble(&plan, &layout)?;
+    eprintln!(
+        "images: {} ({} layers compressed this run)",
+        names.join(", "),
+        report.layers_compressed
+    );
+
+    let references = match &args.registry {
+        Some(registry) => push(args, registry, &layout_dir, &names)?,
+        None => {
+            copy_layout(&report, &layout, &bundle.join("oci"))?;
+            write_archives(&report, &layout, bundle, plan.epoch)?;
+            local_references(&report)
+        }
+    };
+
+    let pins = ImagePins::from_map(&topology, &references)?;
+    let pieces = render::read_pieces(&root, &topology_path)?;
+    let source = relative(&root, &topology_path);
+    let rendering = render::render(&topology, &source, &pins, &pieces)?;
+    render::write(&rendering, bundle)?;
+
+    let mut images = Vec::new();
+    for (spec, result) in plan.images.iter().zip(&report.images) {
+        let sbom = write_sbom(&root, bundle, spec, result)?;
+        images.push(ReleasedImage {
+            name: result.name.clone(),
+            digest: result.digest.clone(),
+            reference: references[&result.name].clone(),
+            size: result.compressed_size,
+            sbom,
+            archive: args
+                .registry
+                .is_none()
+                .then(|| format!("images/{}.tar", result.name)),
+        });
+    }
+    let release = Release {
+        revision: provenance::revision(&root),
+        toolchain: toolchain()?,
+        source_date_epoch: plan.epoch,
+        topology: source,
+        registry: args.registry.clone(),
+        images,
+        servers: topology
+            .servers
+            .keys()
+            .map(|s| format!("server-{s}"))
+            .collect(),
+    };
+    let json = serde_json::to_string_pretty(&release).context("writing release.json")?;
+    write_atomically(&bundle.join("release.json"), format!("{json}\n").as_bytes())?;
+    replace(staging, &out)?;
+    eprintln!("release bundle: {}", out.display());
+    Ok(())
+}
+
+/// The cairn images `topology` builds, checked to be buildable here: a GPU image needs the CUDA
+/// libraries (`--cuda-dir`), so without them the error says so and names the topology.
+fn built_images(topology: &Topology, path: &Path, have_cuda: bool) -> Result<Vec<String>> {
+    let mut names: Vec<String> = topology
+        .images
+        .values()
+        .filter_map(|image| match image {
+            Image::Build(name) => Some(name.get_ref().clone()),
+            Image::Reference(_) => None,
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    for name in &names {
+        let entry = CATALOG
+            .iter()
+            .find(|i| i.name == name.as_str())
+            .with_context(|| {
+                format!(
+                    "{}: image {name:?} cannot be built: it is not one of cairn's images",
+                    path.display()
+                )
+            })?;
+        if entry.gpu && !have_cuda {
+            bail!(
+                "{}: image {name:?} needs the CUDA libraries (and nvcc to build): pass --cuda-dir \
+                 (or CAIRN_CUDA_DIR), or release a topology without it (--topology)",
+                path.display()
+            );
+        }
+    }
+    Ok(names)
+}
+
+fn image_args(
+    root: &Path,
+    names: &[String],
+    layout: &Path,
+    cuda_dir: Option<PathBuf>,
+) -> ImageArgs {
+    ImageArgs {
+        images: names.to_vec(),
+        out: layout.to_path_buf(),
+        compression: Compression::Gzip,
+        format: OutputFormat::Oci,
+        archive: None,
+        json: false,
+        binaries: Vec::new(),
+        files: Vec::new(),
+        gpu_images: Vec::new(),
+        cuda_dir,
+        cuda_groups: ["cudart", "cublas", "curand", "nvrtc"]
+            .map(str::to_owned)
+            .to_vec(),
+        ca_bundle: PathBuf::from("/etc/ssl/certs/ca-certificates.crt"),
+        // One cache for every release, outside the bundle: an unchanged release packs nothing.
+        cache_dir: Some(root.join("target").join("oci-cache")),
+    }
+}
+
+fn push(
+    args: &ReleaseArgs,
+    registry: &str,
+    layout_dir: &Path,
+    names: &[String],
+) -> Result<BTreeMap<String, String>> {
+    let transport = if args.plain_http {
+        Transport::PlainHttp
+    } else {
+        Transport::Https {
+            ca_file: args.ca_file.clone(),
+        }
+    };
+    let mut options = PushOptions::new(RegistryTarget::parse(registry)?, transport);
+    options.tags = args.tags.clone();
+    options.images = names.to_vec();
+    options.progress = ProgressMode::detect();
+    let layout = Layout::open(layout_dir)?;
+    let report = registry::push(&layout, &options)
+        .with_context(|| format!("pushing {} to {registry}", layout_dir.display()))?;
+    eprintln!(
+        "pushed to {registry}: {} blobs uploaded, {} already there",
+        report.blobs_uploaded, report.blobs_present
+    );
+    Ok(report
+        .images
+        .into_iter()
+        .map(|image| (image.name, image.reference))
+        .collect())
+}
+
+/// An OCI layout of only the release's images: their blobs copied from `from`, index.json last.
+fn copy_layout(report: &ImageReport, from: &LayoutDir, to: &Path) -> Result<()> {
+    let layout = LayoutDir::open(to)?;
+    let mut named = Vec::new();
+    for image in &report.images {
+        let digests = image
+            .layers
+            .iter()
+            .map(|layer| &layer.digest)
+            .chain([&image.config_digest, &image.digest]);
+        for digest in digests {
+            let target = layout.blob_path(digest);
+            std::fs::copy(from.blob_path(digest), &target)
+                .with_context(|| format!("copying blob {digest} into {}", to.display()))?;
+        }
+        let size = std::fs::metadata(layout.blob_path(&image.digest))
+            .with_context(|| format!("reading the manifest of {}", image.name))?
+            .len();
+        let manifest = Descriptor {
+            media_type: MANIFEST_MEDIA_TYPE.into(),
+            digest: image.digest.clone(),
+            size,
+        };
+        named.push((image.name.clone(), manifest));
+    }
+    layout.write_index(&named)?;
+    Ok(())
+}
+
+/// One docker-archive per image under `images/`, each loadable with `docker load`.
+fn write_archives(
+    report: &ImageReport,
+    layout: &LayoutDir,
+    bundle: &Path,
+    epoch: u64,
+) -> Result<()> {
+    for image in &report.images {
+        let single = ImageReport {
+            images: vec![image.clone()],
+            ..report.clone()
+        };
+        let path = bundle.join("images").join(format!("{}.tar", image.name));
+        std::fs::create_dir_all(bundle.join("images")).context("creating images/")?;
+        docker_archive::write(&single, layout, &path, epoch)?;
+    }
+    Ok(())
+}
+
+/// Without a registry, compose pins the name `docker load` gives the image, by digest.
+fn local_references(report: &ImageReport) -> BTreeMap<String, String> {
+    report
+        .images
+        .iter()
+        .map(|image| {
+            let tag = docker_archive::repo_tag(&image.name);
+            let repository = tag.rsplit_once(':').map_or(tag.as_str(), |(r, _)| r);
+            (image.name.clone(), format!("{repository}@{}", image.digest))
+        })
+        .collect()
+}
+
+fn write_sbom(
+    root: &Path,
+    bundle: &Path,
+    spec: &image::plan::ImageSpec,
+    result: &image::ImageResult,
+) -> Result<String> {
+    let entry = CATALOG
+        .iter()
+        .find(|i| i.name == spec.name)
+        .with_context(|| format!("image {} is not in the catalog", spec.name))?;
+    let features: Vec<String> = entry.features.iter().map(|f| (*f).to_owned()).collect();
+    let crates = sbom::crates(root, entry.package, &features)
+        .with_context(|| format!("listing the crates of {}", spec.name))?;
+    let extra: Vec<PathBuf> = spec.cuda.iter().map(|c| c.dir.clone()).collect();
+    let libraries: Vec<sbom::Library> = elf::closure(&spec.binary, &extra)?
+        .into_iter()
+        .map(|library| sbom::Library {
+            debian: sbom::debian_package(&library.host_path),
+            image_path: library.image_path,
+        })
+        .collect();
+    let document = sbom::document(&spec.name, &result.digest, &crates, &libraries);
+    let relative = format!("sbom/{}.cdx.json", spec.name);
+    let path = bundle.join(&relative);
+    std::fs::create_dir_all(bundle.join("sbom")).context("creating sbom/")?;
+    let text = serde_json::to_string_pretty(&document).context("writing an SBOM")?;
+    write_atomically(&path, format!("{text}\n").as_bytes())?;
+    Ok(relative)
+}
+
+fn toolchain() -> Result<String> {
+    let output = Command::new("rustc")
+        .arg("-V")
+        .output()
+        .context("running rustc -V")?;
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
+/// Moves the staged bundle to `out`, replacing an older bundle there.
+fn replace(staging: tempfile::TempDir, out: &Path) -> Result<()> {
+    let staged = staging.keep();
+    if out.exists() {
+        let old = out.with_extension("old");
+        let _ = std::fs::remove_dir_all(&old);
+        std::fs::rename(out, &old)
+            .with_context(|| format!("moving the old bundle {} aside", out.display()))?;
+        std::fs::remove_dir_all(&old)
+            .with_context(|| format!("removing the old bundle {}", old.display()))?;
+    }
+    std::fs::rename(&staged, out)
+        .with_context(|| format!("renaming {} to {}", staged.display(), out.display()))
+}
+
+fn relative(root: &Path, path: &Path) -> String {
+    path.strip_prefix(root)
+        .unwrap_or(path)
+        .display()
+        .to_string()
+}
