@@ -20,7 +20,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use crate::build::provenance;
+use crate::build::{Backend, provenance};
 use crate::image::command::{CATALOG, ImageArgs, OutputFormat, plan_from_args};
 use crate::image::layer::Compression;
 use crate::image::layout::{Descriptor, LayoutDir, MANIFEST_MEDIA_TYPE, write_atomically};
@@ -63,6 +63,9 @@ pub struct ReleaseArgs {
     /// Directory holding the CUDA runtime libraries, needed when the topology uses inference-cuda.
     #[arg(long, env = "CAIRN_CUDA_DIR")]
     cuda_dir: Option<PathBuf>,
+    /// How the binaries are built (default: nix when it works here, else cargo).
+    #[arg(long, value_enum)]
+    backend: Option<Backend>,
 }
 
 pub fn run(args: &ReleaseArgs) -> Result<()> {
@@ -83,7 +86,7 @@ pub fn run(args: &ReleaseArgs) -> Result<()> {
 
     // Always the shared layout: its blobs are what lets the layer cache skip unchanged layers.
     let layout_dir = root.join("target").join("oci");
-    let image_args = image_args(&root, &names, &layout_dir, args.cuda_dir.clone());
+    let image_args = image_args(&root, &names, &layout_dir, args);
     let plan = plan_from_args(&image_args, &root)?;
     let layout = LayoutDir::open(&layout_dir)?;
     let report = image::assemble(&plan, &layout)?;
@@ -177,12 +180,7 @@ fn built_images(topology: &Topology, path: &Path, have_cuda: bool) -> Result<Vec
     Ok(names)
 }
 
-fn image_args(
-    root: &Path,
-    names: &[String],
-    layout: &Path,
-    cuda_dir: Option<PathBuf>,
-) -> ImageArgs {
+fn image_args(root: &Path, names: &[String], layout: &Path, args: &ReleaseArgs) -> ImageArgs {
     ImageArgs {
         images: names.to_vec(),
         out: layout.to_path_buf(),
@@ -193,13 +191,14 @@ fn image_args(
         binaries: Vec::new(),
         files: Vec::new(),
         gpu_images: Vec::new(),
-        cuda_dir,
+        cuda_dir: args.cuda_dir.clone(),
         cuda_groups: ["cudart", "cublas", "curand", "nvrtc"]
             .map(str::to_owned)
             .to_vec(),
         ca_bundle: PathBuf::from("/etc/ssl/certs/ca-certificates.crt"),
         // One cache for every release, outside the bundle: an unchanged release packs nothing.
         cache_dir: Some(root.join("target").join("oci-cache")),
+        backend: args.backend,
     }
 }
 
