@@ -49,6 +49,9 @@ impl Server {
         }
         let mut process = ProcessGuard::spawn("inference", &mut command);
         let base = format!("http://127.0.0.1:{port}");
+        // `cargo test --workspace` unifies reqwest's features with the api's, which builds rustls
+        // without a default crypto provider: install one, or building any client panics.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::new();
         let deadline = std::time::Instant::now() + Duration::from_secs(120);
         loop {
