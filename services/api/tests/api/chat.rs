@@ -6,6 +6,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use serde_json::json;
 
+use crate::support::inference::Inference;
 use crate::support::llm::FakeLlm;
 use crate::support::{Api, Client, Postgres, parse_sse};
 
@@ -19,6 +20,44 @@ async fn chat(client: &Client, body: serde_json::Value) -> (u16, String) {
         .expect("chat request");
     let status = response.status().as_u16();
     (status, response.text().await.expect("chat body"))
+}
+
+/// The path a user takes, end to end on real parts: the api streams what the real `inference`
+/// server generates and stores exactly what it streamed, with the server's token usage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_streams_and_stores_what_the_real_inference_server_generates() {
+    let Some(pg) = Postgres::start() else { return };
+    let Some(inference) = Inference::start() else {
+        return;
+    };
+    let api = Api::start(&pg.url, &inference.base, &[]);
+    let ben = Client::new(&api)
+        .register("ben@example.org", "correct horse")
+        .await;
+    let (status, text) = chat(&ben, json!({ "message": "hello there" })).await;
+    assert_eq!(status, 200, "{text}");
+    let (events, _) = parse_sse(&text);
+    assert_eq!(events[0].event, "session", "{text}");
+    let session_id = events[0].data["session_id"].as_str().expect("session id");
+    let streamed: String = events
+        .iter()
+        .filter(|e| e.event == "delta")
+        .map(|e| e.data["content"].as_str().expect("content"))
+        .collect();
+    let done = events.last().expect("events");
+    assert_eq!(done.event, "done", "{text}");
+    let completion_tokens = done.data["usage"]["completion_tokens"]
+        .as_i64()
+        .expect("usage from the server");
+    assert!(completion_tokens > 0, "{text}");
+
+    let (status, stored) = ben.get(&format!("/api/sessions/{session_id}")).await;
+    assert_eq!(status, 200, "{stored}");
+    let reply = &stored["messages"][1];
+    assert_eq!(reply["role"], "assistant");
+    assert_eq!(reply["content"].as_str(), Some(streamed.as_str()));
+    assert_eq!(reply["status"], "complete");
+    assert_eq!(reply["completion_tokens"].as_i64(), Some(completion_tokens));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

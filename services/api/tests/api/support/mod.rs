@@ -2,12 +2,14 @@
 //! temporary directory and a free port), the s3s-fs S3 server, an OpenAI-compatible streaming
 //! endpoint, and the `api` binary itself. Every process is owned by a `ProcessGuard`.
 //!
-//! The OpenAI-compatible endpoint ([`llm`]) runs inside the test and streams chunks in OpenAI's
-//! exact wire format. It stands in for the `inference` binary until that lands on main; then the
-//! tests that need a real model will start `inference` instead.
+//! Two OpenAI-compatible endpoints: the real `inference` server on a tiny random model
+//! ([`inference`]), for the path a user takes, and a scripted one inside the test ([`llm`]) that
+//! streams OpenAI's exact wire format but can also be made to stall, break mid-answer or go
+//! silent on cue: the failure paths a random model cannot be asked to take.
 
 #![allow(dead_code)]
 
+pub mod inference;
 pub mod llm;
 
 use std::os::unix::process::CommandExt;
