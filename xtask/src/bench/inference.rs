@@ -111,12 +111,11 @@ fn ensure_model(binary: &Path, model_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(900)))
-        .http_status_as_error(false)
+fn http_client() -> Result<reqwest::blocking::Client> {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(900))
         .build()
-        .into()
+        .context("building the benchmark's HTTP client")
 }
 
 fn measure_server(
@@ -135,12 +134,12 @@ fn measure_server(
             .env("WORKERS", "1")
             .env("RUST_LOG", "warn"),
     );
-    let agent = agent();
+    let client = http_client()?;
     eprintln!("==> waiting for the server to load the model");
     let deadline = Instant::now() + Duration::from_secs(600);
-    while !agent
+    while !client
         .get(format!("{base}/health"))
-        .call()
+        .send()
         .is_ok_and(|r| r.status() == 200)
     {
         server.assert_running();
@@ -158,13 +157,12 @@ fn measure_server(
             "max_tokens": max_tokens, "temperature": 0, "ignore_eos": true
         });
         let started = Instant::now();
-        let mut response = agent
+        let answer: Value = client
             .post(format!("{base}/v1/chat/completions"))
-            .send_json(&body)
-            .context("posting a chat completion")?;
-        let answer: Value = response
-            .body_mut()
-            .read_json()
+            .json(&body)
+            .send()
+            .context("posting a chat completion")?
+            .json()
             .context("reading the answer")?;
         let elapsed = started.elapsed();
         let usage = &answer["usage"];
