@@ -24,20 +24,23 @@ pub fn workspace_services() -> Result<Vec<String>> {
     Ok(services)
 }
 
-/// Builds every request, one cargo invocation per feature set.
+/// Builds every request, one cargo invocation per package and feature set. Cargo unifies the
+/// features of shared dependencies across the packages of one invocation, so building two
+/// services together would give each a different (larger) binary than building it alone: a
+/// service's bytes must not depend on what else was built with it.
 pub fn build(requests: &[BuildRequest]) -> Result<Vec<BuiltBinary>> {
     let root = project::root();
     let versions: BTreeMap<String, String> = package_versions(&metadata(&root)?);
-    let mut by_features: BTreeMap<Vec<String>, Vec<&BuildRequest>> = BTreeMap::new();
+    let mut by_package: BTreeMap<(Vec<String>, &str), Vec<&BuildRequest>> = BTreeMap::new();
     for request in requests {
-        by_features
-            .entry(request.features.clone())
+        by_package
+            .entry((request.features.clone(), request.package.as_str()))
             .or_default()
             .push(request);
     }
     let base_target = target_dir(&root);
     let mut built = Vec::new();
-    for (features, group) in by_features {
+    for ((features, _package), group) in by_package {
         let target = if features.is_empty() {
             base_target.clone()
         } else {
