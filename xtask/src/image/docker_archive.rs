@@ -116,6 +116,7 @@ fn write_tar(members: &BTreeMap<String, Member>, path: &Path, epoch: u64) -> Res
     let mut out = builder.into_inner()?;
     std::io::Write::flush(&mut out)?;
     drop(out);
+    super::layout::make_readable(file.as_file())?;
     file.persist(path)
         .with_context(|| format!("renaming into {}", path.display()))?;
     Ok(())

@@ -89,6 +89,7 @@ impl LayoutDir {
     /// Moves a finished temporary file into place as the blob `digest`.
     pub fn put_file(&self, file: tempfile::NamedTempFile, digest: &str) -> Result<()> {
         let target = self.blob_path(digest);
+        make_readable(file.as_file())?;
         file.as_file().sync_all()?;
         file.persist(&target)
             .with_context(|| format!("renaming a layer into {}", target.display()))?;
@@ -145,11 +146,19 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
         .tempfile_in(dir)
         .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
     file.write_all(bytes)
+        .and_then(|()| make_readable(file.as_file()))
         .and_then(|()| file.as_file().sync_all())
         .with_context(|| format!("writing {}", path.display()))?;
     file.persist(path)
         .with_context(|| format!("renaming into {}", path.display()))?;
     Ok(())
+}
+
+/// Gives a finished temporary file (created 0600) the mode of any build output, 0644, before it
+/// is renamed into place: a layout or archive is read by other users and tools.
+pub fn make_readable(file: &std::fs::File) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    file.set_permissions(std::fs::Permissions::from_mode(0o644))
 }
 
 /// JSON with object keys sorted at every level and no insignificant whitespace, whatever
@@ -177,6 +186,19 @@ fn sorted(value: &Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn written_files_are_world_readable() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("index.json");
+        write_atomically(&path, b"{}").expect("write");
+        let mode = std::fs::metadata(&path)
+            .expect("metadata")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o644);
+    }
 
     #[test]
     fn canonical_json_sorts_keys_without_spaces() {
