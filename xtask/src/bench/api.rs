@@ -18,6 +18,7 @@ use anyhow::{Context, Result, bail};
 use testkit::ProcessGuard;
 use xshell::{Shell, cmd};
 
+use super::wrk::{self, Load};
 use crate::project;
 
 #[derive(Debug, clap::Args)]
@@ -38,13 +39,6 @@ pub struct ApiBenchArgs {
     /// build; dependencies are optimised in this workspace's dev profile, the api is not).
     #[arg(long, default_value = "release")]
     profile: String,
-}
-
-/// One wrk run's result.
-#[derive(Debug, Clone, Copy)]
-struct Measurement {
-    requests_per_second: f64,
-    p99: Duration,
 }
 
 pub fn run(args: &ApiBenchArgs) -> Result<()> {
@@ -84,9 +78,13 @@ pub fn run(args: &ApiBenchArgs) -> Result<()> {
     let token = seed(api_port, args.sessions)?;
     let ready_url = format!("http://127.0.0.1:{api_port}/api/health/ready");
     let list_url = format!("http://127.0.0.1:{api_port}/api/sessions?limit=20");
-    wrk(args, &ready_url, None, 2).context("warming up")?;
-    let ready = wrk(args, &ready_url, None, args.duration)?;
-    let list = wrk(args, &list_url, Some(&token), args.duration)?;
+    wrk::measure(args.load(2), &ready_url, &[]).context("warming up")?;
+    let ready = wrk::measure(args.load(args.duration), &ready_url, &[])?;
+    let list = wrk::measure(
+        args.load(args.duration),
+        &list_url,
+        &[format!("Authorization: Bearer {token}")],
+    )?;
     println!(
         "\napi ({profile} profile), {} connections, {} wrk threads, {} s per route, on {} cores:",
         args.connections,
@@ -316,77 +314,12 @@ fn seed(port: u16, sessions: u32) -> Result<String> {
     Ok(token)
 }
 
-fn wrk(args: &ApiBenchArgs, url: &str, token: Option<&str>, seconds: u32) -> Result<Measurement> {
-    let mut command = Command::new("wrk");
-    command
-        .arg(format!("-t{}", args.threads))
-        .arg(format!("-c{}", args.connections))
-        .arg(format!("-d{seconds}s"))
-        .arg("--latency");
-    if let Some(token) = token {
-        command
-            .arg("-H")
-            .arg(format!("Authorization: Bearer {token}"));
-    }
-    let output = command.arg(url).output().context("running wrk")?;
-    let text = String::from_utf8_lossy(&output.stdout);
-    if !output.status.success() {
-        bail!(
-            "wrk failed on {url}: {text}{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    parse_wrk(&text).with_context(|| format!("reading wrk's report for {url}:\n{text}"))
-}
-
-fn parse_wrk(text: &str) -> Result<Measurement> {
-    if let Some(line) = text
-        .lines()
-        .find(|l| l.contains("Non-2xx or 3xx responses"))
-    {
-        bail!("errors during the run: {}", line.trim());
-    }
-    let requests_per_second = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
-        .and_then(|v| v.trim().parse().ok())
-        .context("no Requests/sec line")?;
-    let p99 = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("99%"))
-        .and_then(|v| parse_duration(v.trim()))
-        .context("no 99% latency line")?;
-    Ok(Measurement {
-        requests_per_second,
-        p99,
-    })
-}
-
-/// wrk's durations: `812.00us`, `3.21ms`, `1.02s`, `2.00m`.
-fn parse_duration(text: &str) -> Option<Duration> {
-    let split = text.find(|c: char| c.is_ascii_alphabetic())?;
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number.parse().ok()?;
-    let seconds = match unit {
-        "us" => value / 1e6,
-        "ms" => value / 1e3,
-        "s" => value,
-        "m" => value * 60.0,
-        _ => return None,
-    };
-    Some(Duration::from_secs_f64(seconds))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reads_wrk_reports() {
-        let report = "  Latency Distribution\n     50%  1.10ms\n     99%  812.00us\nRequests/sec:  24567.89\n";
-        let m = parse_wrk(report).expect("parsed");
-        assert_eq!(m.requests_per_second, 24567.89);
-        assert_eq!(m.p99, Duration::from_micros(812));
-        assert!(parse_wrk("Non-2xx or 3xx responses: 5\nRequests/sec: 1\n").is_err());
+impl ApiBenchArgs {
+    fn load(&self, seconds: u32) -> Load {
+        Load {
+            threads: self.threads,
+            connections: self.connections,
+            seconds,
+        }
     }
 }

@@ -15,6 +15,7 @@ use anyhow::{Context, Result, bail};
 use testkit::ProcessGuard;
 use xshell::{Shell, cmd};
 
+use super::wrk::{self, Load, Measurement};
 use crate::project;
 
 #[derive(Debug, clap::Args)]
@@ -31,13 +32,6 @@ pub struct GatewayBenchArgs {
     /// Rounds; each runs nginx then the gateway, so load from elsewhere hits both alike.
     #[arg(long, default_value_t = 5)]
     rounds: u32,
-}
-
-/// One wrk run's result.
-#[derive(Debug, Clone, Copy)]
-struct Measurement {
-    requests_per_second: f64,
-    p99: Duration,
 }
 
 pub fn run(args: &GatewayBenchArgs) -> Result<()> {
@@ -68,13 +62,13 @@ pub fn run(args: &GatewayBenchArgs) -> Result<()> {
     let nginx_url = format!("http://127.0.0.1:{nginx_port}/api/bench");
     let gateway_url = format!("http://127.0.0.1:{gateway_port}/api/bench");
     for url in [&nginx_url, &gateway_url] {
-        wrk(args, url, 2).with_context(|| format!("warming up {url}"))?;
+        wrk::measure(args.load(2), url, &[]).with_context(|| format!("warming up {url}"))?;
     }
     let mut nginx = Vec::new();
     let mut ours = Vec::new();
     for round in 1..=args.rounds {
-        let n = wrk(args, &nginx_url, args.duration)?;
-        let g = wrk(args, &gateway_url, args.duration)?;
+        let n = wrk::measure(args.load(args.duration), &nginx_url, &[])?;
+        let g = wrk::measure(args.load(args.duration), &gateway_url, &[])?;
         println!(
             "round {round}: nginx {:>9.0} req/s p99 {:>8.2?} | gateway {:>9.0} req/s p99 {:>8.2?} | ratio {:.2}x",
             n.requests_per_second,
@@ -237,74 +231,12 @@ fn rss_kib(pid: u32) -> Result<u64> {
         .context("no VmRSS line")
 }
 
-fn wrk(args: &GatewayBenchArgs, url: &str, seconds: u32) -> Result<Measurement> {
-    let output = Command::new("wrk")
-        .arg(format!("-t{}", args.threads))
-        .arg(format!("-c{}", args.connections))
-        .arg(format!("-d{seconds}s"))
-        .arg("--latency")
-        .arg(url)
-        .output()
-        .context("running wrk")?;
-    let text = String::from_utf8_lossy(&output.stdout);
-    if !output.status.success() {
-        bail!(
-            "wrk failed on {url}: {text}{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    parse_wrk(&text).with_context(|| format!("reading wrk's report for {url}:\n{text}"))
-}
-
-fn parse_wrk(text: &str) -> Result<Measurement> {
-    if let Some(line) = text
-        .lines()
-        .find(|l| l.contains("Non-2xx or 3xx responses"))
-    {
-        bail!("errors during the run: {}", line.trim());
-    }
-    let requests_per_second = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
-        .and_then(|v| v.trim().parse().ok())
-        .context("no Requests/sec line")?;
-    let p99 = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("99%"))
-        .and_then(|v| parse_duration(v.trim()))
-        .context("no 99% latency line")?;
-    Ok(Measurement {
-        requests_per_second,
-        p99,
-    })
-}
-
-/// wrk's durations: `812.00us`, `3.21ms`, `1.02s`, `2.00m`.
-fn parse_duration(text: &str) -> Option<Duration> {
-    let split = text.find(|c: char| c.is_ascii_alphabetic())?;
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number.parse().ok()?;
-    let seconds = match unit {
-        "us" => value / 1e6,
-        "ms" => value / 1e3,
-        "s" => value,
-        "m" => value * 60.0,
-        _ => return None,
-    };
-    Some(Duration::from_secs_f64(seconds))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reads_wrk_reports() {
-        let report = "Running 10s test @ http://127.0.0.1:1/\n  Latency Distribution\n     50%  1.10ms\n     99%  812.00us\n  123 requests in 10s\nRequests/sec:  24567.89\nTransfer/sec:      3.1MB\n";
-        let m = parse_wrk(report).expect("parsed");
-        assert_eq!(m.requests_per_second, 24567.89);
-        assert_eq!(m.p99, Duration::from_micros(812));
-        assert_eq!(parse_duration("3.5ms"), Some(Duration::from_micros(3500)));
-        assert!(parse_wrk("Non-2xx or 3xx responses: 5\nRequests/sec: 1\n").is_err());
+impl GatewayBenchArgs {
+    fn load(&self, seconds: u32) -> Load {
+        Load {
+            threads: self.threads,
+            connections: self.connections,
+            seconds,
+        }
     }
 }

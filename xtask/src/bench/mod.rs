@@ -6,6 +6,7 @@ mod gateway;
 mod image;
 mod inference;
 mod push;
+mod wrk;
 
 use anyhow::Result;
 
