@@ -96,7 +96,11 @@ pub fn parse_chunk(data: &str) -> Result<Vec<LlmEvent>, LlmError> {
         .map_err(|err| LlmError::BadChunk(format!("{err} in {:.200}", data)))?;
     let mut events = Vec::new();
     for choice in chunk.choices {
-        if let Some(content) = choice.delta.content.filter(|c| !c.is_empty()) {
+        // PostgreSQL text cannot hold NUL: a model that emits one (a random or broken model
+        // can) would make the whole reply unstorable, so it is dropped before it is forwarded
+        // or stored.
+        let content = choice.delta.content.map(|c| c.replace('\0', ""));
+        if let Some(content) = content.filter(|c| !c.is_empty()) {
             events.push(LlmEvent::Delta(content));
         }
         if let Some(reason) = choice.finish_reason {
@@ -234,6 +238,19 @@ mod tests {
             })]
         );
         assert_eq!(parse_chunk("[DONE]").expect("parse"), vec![LlmEvent::Done]);
+    }
+
+    #[test]
+    fn nul_characters_are_dropped_from_deltas() {
+        let chunk =
+            r#"{"choices":[{"index":0,"delta":{"content":"a\u0000b"},"finish_reason":null}]}"#;
+        assert_eq!(
+            parse_chunk(chunk).expect("parse"),
+            vec![LlmEvent::Delta("ab".into())]
+        );
+        let only_nul =
+            r#"{"choices":[{"index":0,"delta":{"content":"\u0000"},"finish_reason":null}]}"#;
+        assert_eq!(parse_chunk(only_nul).expect("parse"), vec![]);
     }
 
     #[test]

@@ -51,10 +51,12 @@ async fn chat_streams_and_stores_what_the_real_inference_server_generates() {
         .expect("usage from the server");
     assert!(completion_tokens > 0, "{text}");
 
+    // `done` names the stored reply: it is in the database before the client hears of it.
+    assert!(done.data["message_id"].is_string(), "{text}");
     let (status, stored) = ben.get(&format!("/api/sessions/{session_id}")).await;
     assert_eq!(status, 200, "{stored}");
     let reply = &stored["messages"][1];
-    assert_eq!(reply["role"], "assistant");
+    assert_eq!(reply["role"], "assistant", "{stored}\n{text}");
     assert_eq!(reply["content"].as_str(), Some(streamed.as_str()));
     assert_eq!(reply["status"], "complete");
     assert_eq!(reply["completion_tokens"].as_i64(), Some(completion_tokens));
