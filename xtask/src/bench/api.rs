@@ -18,6 +18,7 @@ use anyhow::{Context, Result, bail};
 use testkit::ProcessGuard;
 use xshell::{Shell, cmd};
 
+use super::nginx::Nginx;
 use super::wrk::{self, Load};
 use crate::project;
 
@@ -182,39 +183,16 @@ fn start_postgres(work: &Path) -> Result<(ProcessGuard, String)> {
 }
 
 /// An nginx master that stops with SIGTERM, so that its workers exit with it.
-struct Nginx(ProcessGuard);
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        self.0.terminate(Duration::from_secs(5));
-    }
-}
-
 /// nginx answering `GET /v1/models` like an OpenAI-compatible server: what readiness asks.
 fn start_nginx(prefix: &Path, port: u16) -> Result<Nginx> {
-    std::fs::create_dir_all(prefix.join("tmp"))
-        .with_context(|| format!("creating {}", prefix.display()))?;
     let conf = format!(
         "daemon off;\nworker_processes 1;\npid nginx.pid;\nerror_log stderr warn;\nevents {{ worker_connections 4096; }}\n\
          http {{\n  access_log off;\n  client_body_temp_path tmp/body;\n  proxy_temp_path tmp/proxy;\n  fastcgi_temp_path tmp/fastcgi;\n  uwsgi_temp_path tmp/uwsgi;\n  scgi_temp_path tmp/scgi;\n\
          server {{\n    listen 127.0.0.1:{port};\n    location = /v1/models {{ default_type application/json; return 200 '{{\"object\":\"list\",\"data\":[{{\"id\":\"bench\",\"object\":\"model\"}}]}}'; }}\n  }}\n}}\n"
     );
-    let conf_path = prefix.join("nginx.conf");
-    std::fs::write(&conf_path, conf).with_context(|| format!("writing {}", conf_path.display()))?;
-    let mut prefix_arg = prefix.as_os_str().to_owned();
-    prefix_arg.push("/");
-    let mut guard = ProcessGuard::spawn(
-        "nginx",
-        Command::new("nginx")
-            .arg("-e")
-            .arg("stderr")
-            .arg("-p")
-            .arg(&prefix_arg)
-            .arg("-c")
-            .arg(&conf_path),
-    );
-    wait_for_port(&mut guard, port)?;
-    Ok(Nginx(guard))
+    let mut nginx = Nginx::spawn(prefix, &conf)?;
+    wait_for_port(nginx.process(), port)?;
+    Ok(nginx)
 }
 
 fn start_api(

@@ -15,6 +15,7 @@ use anyhow::{Context, Result, bail};
 use testkit::ProcessGuard;
 use xshell::{Shell, cmd};
 
+use super::nginx::Nginx;
 use super::wrk::{self, Load, Measurement};
 use crate::project;
 
@@ -148,33 +149,10 @@ const TEMPS: &str = "  client_body_temp_path tmp/body;\n  proxy_temp_path tmp/pr
 
 /// An nginx master that stops with SIGTERM, so that its workers exit with it (a SIGKILL'd
 /// master leaves them behind).
-struct Nginx(ProcessGuard);
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        self.0.terminate(Duration::from_secs(5));
-    }
-}
-
 fn start_nginx(prefix: &Path, conf: &str) -> Result<Nginx> {
-    std::fs::create_dir_all(prefix.join("tmp"))
-        .with_context(|| format!("creating {}", prefix.display()))?;
-    let conf_path = prefix.join("nginx.conf");
-    std::fs::write(&conf_path, conf).with_context(|| format!("writing {}", conf_path.display()))?;
-    let mut prefix_arg = prefix.as_os_str().to_owned();
-    prefix_arg.push("/");
-    let mut guard = ProcessGuard::spawn(
-        "nginx",
-        Command::new("nginx")
-            .arg("-e")
-            .arg("stderr")
-            .arg("-p")
-            .arg(&prefix_arg)
-            .arg("-c")
-            .arg(&conf_path),
-    );
-    wait_for_http(&mut guard, &listen_port(conf)?)?;
-    Ok(Nginx(guard))
+    let mut nginx = Nginx::spawn(prefix, conf)?;
+    wait_for_http(nginx.process(), &listen_port(conf)?)?;
+    Ok(nginx)
 }
 
 fn listen_port(conf: &str) -> Result<String> {

@@ -5,6 +5,7 @@ mod api;
 mod gateway;
 mod image;
 mod inference;
+mod nginx;
 mod push;
 mod wrk;
 
