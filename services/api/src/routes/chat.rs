@@ -8,7 +8,9 @@
 //!
 //! Events: `session` (ids, first), `delta` (`{"content": ...}`, one per LLM delta), then either
 //! `done` (`{"message_id", "finish_reason", "usage"}`) or `error` (the uniform error body plus
-//! `message_id` of the partial reply). Comment lines keep idle connections alive.
+//! `message_id` of the partial reply, `null` when it could not be stored; a complete reply that
+//! could not be stored ends in `error` too, never in a `done` without an id). Comment lines keep
+//! idle connections alive.
 
 use std::convert::Infallible;
 use std::time::Instant;
@@ -141,6 +143,10 @@ async fn relay(
     };
     tracing::info!(%session_id, outcome, chars = reply.text.len(), "chat stream ended");
     let last = match ending {
+        Ending::Finished if message_id.is_none() => error_event(
+            &ApiError::Internal("the reply could not be stored".into()),
+            None,
+        ),
         Ending::Finished => event(
             "done",
             &json!({ "message_id": message_id, "finish_reason": reply.finish_reason, "usage": reply.usage }),

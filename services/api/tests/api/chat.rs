@@ -287,3 +287,48 @@ async fn unreachable_llm_is_an_error_event_and_not_ready() {
     assert_eq!(ready["checks"]["storage"], "ok");
     assert_ne!(ready["checks"]["llm"], "ok");
 }
+
+/// A reply the database refuses is reported as an `error` event, never as `done` without an id:
+/// the client must not believe a reply was saved when it was lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_that_cannot_be_stored_ends_in_an_error_event() {
+    let Some(pg) = Postgres::start() else { return };
+    let llm = FakeLlm::start().await;
+    let api = Api::start(&pg.url, &llm.base, &[]);
+    // The api has migrated the schema by now; make PostgreSQL refuse this one reply.
+    let db = sqlx::PgPool::connect(&pg.url).await.expect("connect");
+    sqlx::query(
+        "ALTER TABLE messages ADD CONSTRAINT no_unstorable_replies \
+         CHECK (role <> 'assistant' OR content NOT LIKE 'Echo: unstorable%')",
+    )
+    .execute(&db)
+    .await
+    .expect("add constraint");
+    let cid = Client::new(&api)
+        .register("cid@example.org", "hunter2hunter2")
+        .await;
+
+    let (status, text) = chat(&cid, json!({ "message": "unstorable words" })).await;
+    assert_eq!(status, 200, "{text}");
+    let (events, _) = parse_sse(&text);
+    let deltas: String = events
+        .iter()
+        .filter(|e| e.event == "delta")
+        .map(|e| e.data["content"].as_str().expect("content"))
+        .collect();
+    assert_eq!(
+        deltas, "Echo: unstorable words",
+        "the stream itself is whole"
+    );
+    let last = events.last().expect("events");
+    assert_eq!(last.event, "error", "{text}");
+    assert_eq!(last.data["error"]["code"], "internal", "{text}");
+    assert!(last.data["message_id"].is_null(), "{text}");
+
+    // A reply the database accepts still ends in `done` with its id.
+    let (_, text) = chat(&cid, json!({ "message": "fine words" })).await;
+    let (events, _) = parse_sse(&text);
+    let last = events.last().expect("events");
+    assert_eq!(last.event, "done", "{text}");
+    assert!(last.data["message_id"].is_string(), "{text}");
+}
