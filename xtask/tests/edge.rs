@@ -12,38 +12,30 @@
 //! - A WebSocket upgrade is tunnelled nginx -> gateway -> a WebSocket echo server in the
 //!   gateway's inference pool (`/v1/*`; the api has no WebSocket route), frames both ways.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::os::fd::OwnedFd;
-use std::os::unix::net::UnixStream;
+mod edge_support;
+
+use std::io::{BufReader, Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
 
+use edge_support::nginx::{
+    Ports, SERVER_NAME, container_etc_nginx, render_nginx, start_local_nginx, start_tls_nginx,
+    tls_connection,
+};
+use edge_support::upstreams::{
+    DELTAS, WS_ACCEPT, WS_KEY, frame, header, read_frame, read_head, start_scripted_llm,
+    start_websocket_echo,
+};
+use edge_support::{DEADLINE, workspace_root};
 use serde_json::{Value, json};
 use testkit::ProcessGuard;
 
-/// How long any one step may take: a process to listen, an event to arrive.
-const DEADLINE: Duration = Duration::from_secs(30);
 /// Shared by the api (which signs tokens) and the gateway (which checks them on `/v1`).
 const JWT_SECRET: &str = "edge-test-secret-edge-test-secret-0123";
 /// The API key the gateway accepts on `/v1`.
 const API_KEY: &str = "edge-test-key";
-/// What the scripted LLM answers, one delta per event.
-const DELTAS: [&str; 3] = ["one ", "two ", "three"];
-/// RFC 6455's example key and the accept value it derives (section 1.3).
-const WS_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
-const WS_ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
-/// The site's server name in the default topology (and the test certificate's).
-const SERVER_NAME: &str = "cairn.example.com";
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
-}
 
 /// The debug `gateway` and `api` binaries, built now (a no-op when they are up to date).
 fn service_binaries() -> (PathBuf, PathBuf) {
@@ -76,104 +68,6 @@ fn service_binaries() -> (PathBuf, PathBuf) {
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"));
     (target.join("debug/gateway"), target.join("debug/api"))
-}
-
-/// The loopback ports of one run.
-struct Ports {
-    /// nginx's local variant.
-    local: u16,
-    /// nginx's TLS variant: the redirecting HTTP server and the HTTPS one.
-    http: u16,
-    https: u16,
-    gateway: u16,
-    api: u16,
-}
-
-impl Ports {
-    fn free() -> Ports {
-        Ports {
-            local: testkit::free_port(),
-            http: testkit::free_port(),
-            https: testkit::free_port(),
-            gateway: testkit::free_port(),
-            api: testkit::free_port(),
-        }
-    }
-}
-
-/// Renders the default topology, its nginx ports and the gateway's port moved to `ports`,
-/// through `cargo xtask render`; returns the server-a nginx folder.
-fn render_nginx(dir: &Path, ports: &Ports) -> PathBuf {
-    let root = workspace_root();
-    let deploy = dir.join("deploy");
-    std::fs::create_dir_all(deploy.join("files")).expect("deploy folder");
-    let mut topology =
-        std::fs::read_to_string(root.join("deploy/topology.toml")).expect("deploy/topology.toml");
-    for (line, moved) in [
-        (
-            "\nlocal_port = 8088\n",
-            format!("\nlocal_port = {}\n", ports.local),
-        ),
-        (
-            "\nlocal_upstream = \"127.0.0.1:8080\"\n",
-            format!("\nlocal_upstream = \"127.0.0.1:{}\"\n", ports.gateway),
-        ),
-        (
-            "\nhttp_port = 8080\n",
-            format!("\nhttp_port = {}\n", ports.http),
-        ),
-        (
-            "\nhttps_port = 8443\n",
-            format!("\nhttps_port = {}\n", ports.https),
-        ),
-        // The gateway service's port: the TLS variant's upstream is `gateway:PORT`.
-        ("\nport = 8080\n", format!("\nport = {}\n", ports.gateway)),
-    ] {
-        assert_eq!(
-            topology.matches(line).count(),
-            1,
-            "deploy/topology.toml: {line:?} moved"
-        );
-        topology = topology.replace(line, &moved);
-    }
-    std::fs::write(deploy.join("topology.toml"), topology).expect("write topology");
-    for entry in std::fs::read_dir(root.join("deploy/files")).expect("deploy/files") {
-        let path = entry.expect("entry").path();
-        std::fs::copy(
-            &path,
-            deploy.join("files").join(path.file_name().expect("name")),
-        )
-        .expect("copy a server file");
-    }
-    let rendered = dir.join("rendered");
-    let output = Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .arg("render")
-        .arg("--topology")
-        .arg(deploy.join("topology.toml"))
-        .arg("--out")
-        .arg(&rendered)
-        .output()
-        .expect("run xtask render");
-    assert!(
-        output.status.success(),
-        "xtask render: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    rendered.join("server-a/nginx")
-}
-
-fn start_local_nginx(nginx: &Path, prefix: &Path) -> ProcessGuard {
-    ProcessGuard::spawn(
-        "nginx (local variant)",
-        Command::new(nginx)
-            .arg("-p")
-            .arg(prefix)
-            .arg("-c")
-            .arg(prefix.join("nginx-local.conf"))
-            // One process: the guard's kill then leaves no orphaned worker behind.
-            .args(["-e", "stderr", "-g", "daemon off; master_process off;"])
-            .stdout(Stdio::null()),
-    )
 }
 
 fn start_api(binary: &Path, dir: &Path, port: u16, database_url: &str, llm: u16) -> ProcessGuard {
@@ -218,267 +112,6 @@ fn wait_for(process: &mut ProcessGuard, what: &str, port: u16) {
         process.assert_running();
         TcpStream::connect(("127.0.0.1", port)).is_ok()
     });
-}
-
-/// An HTTP head on `reader`, up to the blank line ("" when the connection closed first).
-fn read_head(reader: &mut impl BufRead) -> String {
-    let mut head = String::new();
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-            return head;
-        }
-        head.push_str(&line);
-    }
-}
-
-/// The value of header `name` (any case) in an HTTP head.
-fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
-    head.lines()
-        .filter_map(|line| line.split_once(':'))
-        .find(|(key, _)| key.trim().eq_ignore_ascii_case(name))
-        .map(|(_, value)| value.trim())
-}
-
-fn content_length(head: &str) -> usize {
-    header(head, "content-length")
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(0)
-}
-
-fn write_chunk(stream: &mut TcpStream, text: &str) -> std::io::Result<()> {
-    write!(stream, "{:x}\r\n{text}\r\n", text.len())?;
-    stream.flush()
-}
-
-fn completion_chunk(delta: Value, finish_reason: Option<&str>) -> String {
-    let chunk = json!({
-        "id": "chatcmpl-edge",
-        "object": "chat.completion.chunk",
-        "created": 1_700_000_000,
-        "model": "scripted",
-        "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish_reason}],
-    });
-    format!("data: {chunk}\n\n")
-}
-
-/// An OpenAI-compatible `POST /v1/chat/completions` that streams [`DELTAS`] in OpenAI's wire
-/// format, each delta after the first only when `client_saw` says the test client received the
-/// previous one. Sends each request body it gets on `requests`.
-fn start_scripted_llm(client_saw: mpsc::Receiver<()>, requests: mpsc::Sender<Value>) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind the LLM");
-    let port = listener.local_addr().expect("address").port();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(stream) = stream else { return };
-            let _ = answer_completion(stream, &client_saw, &requests);
-        }
-    });
-    port
-}
-
-fn answer_completion(
-    mut stream: TcpStream,
-    client_saw: &mpsc::Receiver<()>,
-    requests: &mpsc::Sender<Value>,
-) -> std::io::Result<()> {
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let head = read_head(&mut reader);
-    let mut body = vec![0_u8; content_length(&head)];
-    reader.read_exact(&mut body)?;
-    if !head.starts_with("POST /v1/chat/completions ") {
-        return stream.write_all(
-            b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-        );
-    }
-    let _ = requests.send(serde_json::from_slice(&body).unwrap_or(Value::Null));
-    stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")?;
-    write_chunk(
-        &mut stream,
-        &completion_chunk(json!({"role": "assistant", "content": ""}), None),
-    )?;
-    for (index, delta) in DELTAS.iter().enumerate() {
-        if index > 0 && client_saw.recv_timeout(DEADLINE).is_err() {
-            // The client never saw the previous event: leave the stream hanging, the test fails.
-            return Ok(());
-        }
-        write_chunk(
-            &mut stream,
-            &completion_chunk(json!({"content": delta}), None),
-        )?;
-    }
-    write_chunk(&mut stream, &completion_chunk(json!({}), Some("stop")))?;
-    let usage = json!({
-        "id": "chatcmpl-edge", "object": "chat.completion.chunk", "created": 1_700_000_000,
-        "model": "scripted", "choices": [],
-        "usage": {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6},
-    });
-    write_chunk(&mut stream, &format!("data: {usage}\n\n"))?;
-    write_chunk(&mut stream, "data: [DONE]\n\n")?;
-    stream.write_all(b"0\r\n\r\n")
-}
-
-/// A WebSocket echo server: `GET /health` answers 200 (the gateway probes its pool), an upgrade
-/// gets 101, a greeting frame, then every frame it receives echoed back. Sends each upgrade
-/// request's head on `heads`.
-fn start_websocket_echo(heads: mpsc::Sender<String>) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind the echo server");
-    let port = listener.local_addr().expect("address").port();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(stream) = stream else { return };
-            let heads = heads.clone();
-            std::thread::spawn(move || {
-                let _ = serve_websocket(stream, &heads);
-            });
-        }
-    });
-    port
-}
-
-fn serve_websocket(mut stream: TcpStream, heads: &mpsc::Sender<String>) -> std::io::Result<()> {
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let head = read_head(&mut reader);
-    if head.starts_with("GET /health ") {
-        return stream
-            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
-    }
-    if !head.to_ascii_lowercase().contains("upgrade: websocket") {
-        return stream.write_all(
-            b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-        );
-    }
-    let _ = heads.send(head);
-    write!(
-        stream,
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {WS_ACCEPT}\r\n\r\n"
-    )?;
-    stream.write_all(&frame(b"hello from the upstream", None))?;
-    loop {
-        let payload = read_frame(&mut reader)?;
-        stream.write_all(&frame(&payload, None))?;
-    }
-}
-
-/// One final text frame; a client's frames are masked (RFC 6455 section 5.3).
-fn frame(payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
-    assert!(payload.len() < 126, "short frames only");
-    let mut bytes = vec![0x81];
-    let length = payload.len() as u8;
-    match mask {
-        Some(key) => {
-            bytes.push(0x80 | length);
-            bytes.extend_from_slice(&key);
-            bytes.extend(payload.iter().zip(key.iter().cycle()).map(|(b, k)| b ^ k));
-        }
-        None => {
-            bytes.push(length);
-            bytes.extend_from_slice(payload);
-        }
-    }
-    bytes
-}
-
-/// Reads one short frame and returns its payload, unmasked.
-fn read_frame(reader: &mut impl Read) -> std::io::Result<Vec<u8>> {
-    let mut head = [0_u8; 2];
-    reader.read_exact(&mut head)?;
-    assert_eq!(head[0], 0x81, "a final text frame");
-    let length = usize::from(head[1] & 0x7f);
-    assert!(length < 126, "short frames only");
-    let mut key = [0_u8; 4];
-    if head[1] & 0x80 != 0 {
-        reader.read_exact(&mut key)?;
-    }
-    let mut payload = vec![0_u8; length];
-    reader.read_exact(&mut payload)?;
-    for (byte, k) in payload.iter_mut().zip(key.iter().cycle()) {
-        *byte ^= k;
-    }
-    Ok(payload)
-}
-
-/// A folder laid out like the nginx container's `/etc/nginx`: the rendered server-a folder,
-/// Debian's mime.types (the image's own) and a self-signed certificate for `SERVER_NAME` in
-/// `certs/`, as the compose file mounts them. Returns the certificate's path.
-fn container_etc_nginx(openssl: &Path, rendered: &Path, etc: &Path) -> PathBuf {
-    let status = Command::new("cp")
-        .arg("-a")
-        .arg(rendered)
-        .arg(etc)
-        .status()
-        .expect("cp");
-    assert!(status.success(), "copying {}", rendered.display());
-    std::fs::copy("/etc/nginx/mime.types", etc.join("mime.types")).expect("mime.types");
-    let certs = etc.join("certs");
-    std::fs::create_dir_all(&certs).expect("certs");
-    let status = Command::new(openssl)
-        .args(["req", "-x509", "-nodes", "-newkey", "ec", "-pkeyopt"])
-        .args(["ec_paramgen_curve:prime256v1", "-days", "1"])
-        .args(["-subj", &format!("/CN={SERVER_NAME}")])
-        .args(["-addext", &format!("subjectAltName=DNS:{SERVER_NAME}")])
-        .arg("-keyout")
-        .arg(certs.join("privkey.pem"))
-        .arg("-out")
-        .arg(certs.join("fullchain.pem"))
-        .stderr(Stdio::null())
-        .status()
-        .expect("run openssl req");
-    assert!(status.success(), "openssl req");
-    certs.join("fullchain.pem")
-}
-
-/// The shipped TLS `nginx.conf` in a private mount namespace: `etc` over /etc/nginx, a hosts
-/// file naming `gateway` over /etc/hosts, a fresh tmpfs over /tmp (its pid and temp paths). The
-/// network namespace is the host's, so it listens on loopback next to the gateway.
-fn start_tls_nginx(nginx: &Path, unshare: &Path, etc: &Path, dir: &Path) -> ProcessGuard {
-    let hosts = dir.join("hosts");
-    std::fs::write(&hosts, "127.0.0.1 localhost gateway\n").expect("hosts");
-    let script = format!(
-        "set -e
-mount --bind {hosts} /etc/hosts
-mount --bind {etc} /etc/nginx
-mount -t tmpfs tmpfs /tmp
-exec {nginx} -e stderr -p /etc/nginx/ -c /etc/nginx/nginx.conf -g 'daemon off; master_process off;'",
-        hosts = hosts.display(),
-        etc = etc.display(),
-        nginx = nginx.display(),
-    );
-    ProcessGuard::spawn(
-        "nginx (TLS variant)",
-        Command::new(unshare)
-            .args(["-m", "sh", "-c", &script])
-            .stdout(Stdio::null()),
-    )
-}
-
-/// A TLS connection to nginx through `openssl s_client` (HTTP/1.1 by ALPN, TLS 1.3, the
-/// certificate checked against `ca` and `SERVER_NAME`): the returned socket carries the
-/// plaintext both ways.
-fn tls_connection(openssl: &Path, port: u16, ca: &Path) -> (UnixStream, ProcessGuard) {
-    let (ours, theirs) = UnixStream::pair().expect("socket pair");
-    let stdin = theirs.try_clone().expect("clone");
-    let client = ProcessGuard::spawn(
-        "openssl s_client",
-        Command::new(openssl)
-            .args([
-                "s_client",
-                "-quiet",
-                "-nocommands",
-                "-tls1_3",
-                "-alpn",
-                "http/1.1",
-            ])
-            .args(["-connect", &format!("127.0.0.1:{port}")])
-            .args(["-servername", SERVER_NAME, "-verify_hostname", SERVER_NAME])
-            .arg("-CAfile")
-            .arg(ca)
-            .arg("-verify_return_error")
-            .stdin(Stdio::from(OwnedFd::from(stdin)))
-            .stdout(Stdio::from(OwnedFd::from(theirs))),
-    );
-    ours.set_read_timeout(Some(DEADLINE)).expect("timeout");
-    (ours, client)
 }
 
 /// A JSON request through nginx; returns the status and the JSON body.
