@@ -1,6 +1,7 @@
 //! `cargo xtask release` end to end on the smallest topology (nginx in front of the gateway, so
 //! only the gateway image is built): without a registry the bundle holds everything a server
-//! needs (compose, nginx, .env example, OCI layout, docker archive, SBOM, release.json); with a
+//! needs (compose, nginx, .env example, OCI layout, docker archive, SBOM, release.json), and
+//! `docker load` + `docker-compose up` of it runs the gateway; with a
 //! real local registry the digests pinned in compose.yaml are the ones `skopeo inspect` reports,
 //! and a second release packs and uploads nothing.
 
@@ -8,10 +9,15 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use serde_json::Value;
 use support::{Registry, RegistryAuth, RegistryTls};
+
+/// How long a container may take to answer and to turn healthy (its first health check runs
+/// after compose's `start_period`).
+const DEADLINE: Duration = Duration::from_secs(60);
 
 fn topology() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/release_support/gateway.toml")
@@ -80,10 +86,13 @@ fn release_without_registry_writes_a_complete_bundle() {
     );
     assert!(image["size"].as_u64().is_some_and(|s| s > 0));
     let digest = image["digest"].as_str().expect("digest");
+    let config =
+        read_json(&out.join(format!("oci/blobs/sha256/{}", &digest[7..])))["config"]["digest"]
+            .clone();
     assert_eq!(
         pinned_gateway(&out),
-        format!("cairn/gateway@{digest}"),
-        "compose pins the built digest"
+        config.as_str().expect("config digest"),
+        "compose pins the image ID (config digest) that docker load produces"
     );
     let index = read_json(&out.join("oci/index.json"));
     assert_eq!(index["manifests"][0]["digest"], digest);
@@ -157,4 +166,176 @@ fn release_to_a_registry_pins_what_the_registry_serves_and_repeats_as_a_no_op() 
     assert!(again.contains("(0 layers compressed"), "{again}");
     assert!(again.contains(": 0 blobs uploaded"), "{again}");
     assert_eq!(pinned_gateway(&out), pinned);
+}
+
+/// The Docker CLI and docker-compose, with a running engine; None (skipped) outside CI when one
+/// is missing, a failure under `CI=true`.
+fn docker_tools() -> Option<(PathBuf, PathBuf)> {
+    let docker = testkit::require_tool("docker", "apt-get install docker.io")?;
+    let compose = testkit::require_tool("docker-compose", "apt-get install docker-compose")?;
+    let engine = Command::new(&docker)
+        .arg("info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    if !engine {
+        assert!(!testkit::in_ci(), "the Docker engine is not running");
+        eprintln!("SKIPPED: the Docker engine is not running");
+        return None;
+    }
+    Some((docker, compose))
+}
+
+/// One compose project of the test and the images it loaded: `down` and `rmi` on drop, so a
+/// failed assertion leaves no container, network or image behind.
+struct ComposeProject {
+    docker: PathBuf,
+    compose: PathBuf,
+    file: PathBuf,
+    name: String,
+    env: Vec<(String, String)>,
+    images: Vec<String>,
+}
+
+impl ComposeProject {
+    fn command(&self, args: &[&str]) -> std::process::Output {
+        Command::new(&self.compose)
+            .arg("--project-name")
+            .arg(&self.name)
+            .arg("--file")
+            .arg(&self.file)
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .expect("run docker-compose")
+    }
+
+    fn docker(&self, args: &[&str]) -> std::process::Output {
+        Command::new(&self.docker)
+            .args(args)
+            .output()
+            .expect("run docker")
+    }
+
+    /// `docker inspect --format FORMAT TARGET`, trimmed; empty when it fails.
+    fn inspect(&self, format: &str, target: &str) -> String {
+        let output = self.docker(&["inspect", "--format", format, target]);
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+}
+
+impl Drop for ComposeProject {
+    fn drop(&mut self) {
+        let _ = self.command(&["down", "--volumes", "--remove-orphans"]);
+        for image in &self.images {
+            let _ = self.docker(&["rmi", "--force", image]);
+        }
+    }
+}
+
+/// Every variable `.env.example` lists, with a test value (the gateway wants 32+ bytes).
+fn test_env(env_example: &Path) -> Vec<(String, String)> {
+    std::fs::read_to_string(env_example)
+        .expect(".env.example")
+        .lines()
+        .filter_map(|line| line.strip_suffix('='))
+        .filter(|name| !name.starts_with('#'))
+        .map(|name| {
+            (
+                name.to_owned(),
+                "release-test-value-0123456789abcdef".to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn stderr(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// What a user does with a bundle released without a registry: `docker load` its archive, then
+/// `docker-compose up` the rendered server folder. The gateway comes up from the loaded image
+/// (compose pins the image ID that `docker load` produced, so nothing is pulled), answers its
+/// health route and turns healthy.
+#[test]
+fn release_without_registry_runs_after_docker_load() {
+    let Some((docker, compose)) = docker_tools() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().join("bundle");
+    release(&out, &[]);
+    let pinned = pinned_gateway(&out);
+    let manifest = read_json(&out.join("release.json"));
+    assert_eq!(manifest["images"][0]["reference"], pinned.as_str());
+    let compose_text =
+        std::fs::read_to_string(out.join("server-a/compose.yaml")).expect("compose.yaml");
+    assert!(
+        compose_text.contains("docker load -i ../images/NAME.tar"),
+        "the header says how to load:\n{compose_text}"
+    );
+    let readme = std::fs::read_to_string(out.join("README.md")).expect("bundle README.md");
+    assert!(
+        readme.contains("docker load -i images/gateway.tar") && readme.contains(&pinned),
+        "{readme}"
+    );
+
+    let project = ComposeProject {
+        docker,
+        compose,
+        file: out.join("server-a/compose.yaml"),
+        name: format!("cairnrelease{}", std::process::id()),
+        env: test_env(&out.join("server-a/.env.example")),
+        images: vec![pinned.clone()],
+    };
+    if project.inspect("{{.Id}}", &pinned).is_empty() {
+        let before_load = project.command(&["up", "-d", "--no-deps", "gateway"]);
+        assert!(
+            !before_load.status.success(),
+            "compose ran an image that was never loaded"
+        );
+    }
+
+    let load = project.docker(&[
+        "load",
+        "--input",
+        &out.join("images/gateway.tar").display().to_string(),
+    ]);
+    assert!(load.status.success(), "docker load: {}", stderr(&load));
+    assert_eq!(
+        project.inspect("{{.Id}}", "cairn/gateway:latest"),
+        pinned,
+        "compose pins the image ID docker load produced"
+    );
+
+    let up = project.command(&["up", "-d", "--no-deps", "gateway"]);
+    assert!(up.status.success(), "docker-compose up: {}", stderr(&up));
+    let ps = project.command(&["ps", "--quiet", "gateway"]);
+    let container = String::from_utf8_lossy(&ps.stdout).trim().to_owned();
+    assert!(
+        !container.is_empty(),
+        "no gateway container: {}",
+        stderr(&ps)
+    );
+    assert_eq!(project.inspect("{{.Image}}", &container), pinned);
+    let address = project.inspect(
+        "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+        &container,
+    );
+    let health = format!("http://{address}:8080/api/health");
+    testkit::wait_until("the gateway's health route", DEADLINE, || {
+        reqwest::blocking::get(&health).is_ok_and(|r| r.status().is_success())
+    });
+    testkit::wait_until("the gateway's health check", DEADLINE, || {
+        let status = project.inspect("{{.State.Health.Status}}", &container);
+        assert_ne!(status, "unhealthy", "the gateway's healthcheck failed");
+        status == "healthy"
+    });
+    let down = project.command(&["down"]);
+    assert!(
+        down.status.success(),
+        "docker-compose down: {}",
+        stderr(&down)
+    );
 }

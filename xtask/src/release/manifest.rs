@@ -26,7 +26,8 @@ pub struct ReleasedImage {
     pub name: String,
     /// The manifest digest.
     pub digest: String,
-    /// What the compose files pin: `REPOSITORY@DIGEST`.
+    /// What the compose files pin: `REPOSITORY@DIGEST` when pushed, else the image ID
+    /// `sha256:<config digest>` that `docker load` of the archive produces.
     pub reference: String,
     /// Compressed layers + config + manifest: the bytes a pull transfers.
     pub size: u64,

@@ -11,6 +11,7 @@
 //! the steps and the bundle's shape; it never assembles a layer, speaks the registry protocol or
 //! writes nginx or compose syntax itself.
 
+pub mod loading;
 pub mod manifest;
 pub mod sbom;
 
@@ -96,16 +97,24 @@ pub fn run(args: &ReleaseArgs) -> Result<()> {
         report.layers_compressed
     );
 
-    let references = match &args.registry {
-        Some(registry) => push(args, registry, &layout_dir, &names)?,
+    let (references, pins) = match &args.registry {
+        Some(registry) => {
+            let references = push(args, registry, &layout_dir, &names)?;
+            let pins = ImagePins::from_map(&topology, &references)?;
+            (references, pins)
+        }
         None => {
             copy_layout(&report, &layout, &bundle.join("oci"))?;
             write_archives(&report, &layout, bundle, plan.epoch)?;
-            local_references(&report)
+            let ids = image_ids(&report);
+            let pins = ImagePins::from_loaded_archives(&topology, &ids)?;
+            let per_server = loading::images_per_server(&topology);
+            let readme = loading::render_readme(&ids, &per_server);
+            write_atomically(&bundle.join("README.md"), readme.as_bytes())?;
+            (ids, pins)
         }
     };
 
-    let pins = ImagePins::from_map(&topology, &references)?;
     let pieces = render::read_pieces(&root, &topology_path)?;
     let source = relative(&root, &topology_path);
     let rendering = render::render(&topology, &source, &pins, &pieces)?;
@@ -281,16 +290,14 @@ fn write_archives(
     Ok(())
 }
 
-/// Without a registry, compose pins the name `docker load` gives the image, by digest.
-fn local_references(report: &ImageReport) -> BTreeMap<String, String> {
+/// Without a registry, compose pins each image by the ID `docker load` gives it: the digest of
+/// its config. A loaded docker-archive has no repository digest, so `repo@sha256:<manifest>`
+/// would make compose pull; the ID is computed by the engine from what it loaded.
+fn image_ids(report: &ImageReport) -> BTreeMap<String, String> {
     report
         .images
         .iter()
-        .map(|image| {
-            let tag = docker_archive::repo_tag(&image.name);
-            let repository = tag.rsplit_once(':').map_or(tag.as_str(), |(r, _)| r);
-            (image.name.clone(), format!("{repository}@{}", image.digest))
-        })
+        .map(|image| (image.name.clone(), image.config_digest.clone()))
         .collect()
 }
 

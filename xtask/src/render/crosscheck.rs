@@ -1,7 +1,7 @@
 //! cairn's own checks of a compose document, for what the JSON schema cannot see: every
 //! network, named volume and secret a service uses is declared at the top level (and every
 //! declared one is used), `depends_on` names existing services without a cycle, every image is
-//! pinned by digest, and every variable the file interpolates is required (`${NAME:?…}`), never
+//! pinned by digest (or by image ID), and every variable the file interpolates is required (`${NAME:?…}`), never
 //! defaulted. It reads any compose document (short or long syntax), not only cairn's own output,
 //! so tests can run it on the committed files.
 
@@ -58,8 +58,9 @@ fn check_service(name: &str, service: &Map<String, Value>, used: &mut Used) -> R
         .get("image")
         .and_then(Value::as_str)
         .unwrap_or_default();
-    if !image.contains("@sha256:") {
-        bail!("services.{name}.image: {image:?} is not pinned by digest");
+    // `repo@sha256:…` from a registry, or `sha256:…`, the image ID `docker load` produces.
+    if !image.contains("@sha256:") && !super::images::is_image_id(image) {
+        bail!("services.{name}.image: {image:?} is not pinned by digest or image ID");
     }
     for network in names(service.get("networks")) {
         if network != "default" {
@@ -284,5 +285,9 @@ mod tests {
         );
         let fine = json!({"services": {"a": {"image": DIGEST, "environment": ["PW=${PW:?set PW}", "X=$$1"]}}});
         check(&fine).expect("required variables and escaped dollars pass");
+        let id = format!("sha256:{}", "a".repeat(64));
+        check(&json!({"services": {"a": {"image": id}}})).expect("an image ID is pinned");
+        let short = json!({"services": {"a": {"image": "sha256:abc"}}});
+        assert!(check(&short).is_err(), "a short ID pins nothing");
     }
 }

@@ -4,6 +4,11 @@
 //! every cairn image gets a placeholder: repository `registry.invalid/cairn/NAME` (a reserved,
 //! never-resolving domain) and digest sha256("cairn placeholder NAME"), so committed examples are
 //! deterministic and can never be pulled by mistake.
+//!
+//! A release without a registry pins each cairn image by its Docker image ID instead
+//! (`sha256:<config digest>`, [`ImagePins::from_loaded_archives`]): `docker load` of a
+//! docker-archive records no repository digest, so `repo@sha256:<manifest>` would send compose to
+//! a registry, while the image ID is what the engine computes from the loaded config itself.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -13,11 +18,22 @@ use sha2::{Digest, Sha256};
 
 use crate::topology::{Image, Topology};
 
-/// Topology image name -> `repository[:tag]@sha256:…`.
+/// Topology image name -> `repository[:tag]@sha256:…` (or `sha256:…`, an image ID).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImagePins {
     references: BTreeMap<String, String>,
-    placeholders: bool,
+    origin: PinOrigin,
+}
+
+/// Where the pinned cairn images come from, which the rendered files' header tells the reader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PinOrigin {
+    /// Fake digests on a reserved domain: the committed examples.
+    Placeholders,
+    /// `repository@sha256:<manifest>`, served by a registry.
+    Registry,
+    /// `sha256:<config>` image IDs of the docker-archives under the bundle's `images/`.
+    LoadedArchives,
 }
 
 impl ImagePins {
@@ -29,7 +45,7 @@ impl ImagePins {
         };
         ImagePins {
             references: resolve(topology, built),
-            placeholders: true,
+            origin: PinOrigin::Placeholders,
         }
     }
 
@@ -67,7 +83,33 @@ impl ImagePins {
         }
         Ok(ImagePins {
             references: resolve(topology, |build| built[build].clone()),
-            placeholders: false,
+            origin: PinOrigin::Registry,
+        })
+    }
+
+    /// Pins every built image to its Docker image ID, `sha256:<config digest>`, from `ids`
+    /// (built image name -> ID): what `docker load` of the bundle's archives produces, and what
+    /// compose then finds locally instead of pulling.
+    pub fn from_loaded_archives(
+        topology: &Topology,
+        ids: &BTreeMap<String, String>,
+    ) -> Result<ImagePins> {
+        for image in topology.images.values() {
+            if let Image::Build(name) = image {
+                let Some(id) = ids.get(name.get_ref()) else {
+                    bail!(
+                        "image {:?} was not built: no docker-archive holds it",
+                        name.get_ref()
+                    );
+                };
+                if !is_image_id(id) {
+                    bail!("image {:?}: {id:?} is not sha256:<64 hex>", name.get_ref());
+                }
+            }
+        }
+        Ok(ImagePins {
+            references: resolve(topology, |build| ids[build].clone()),
+            origin: PinOrigin::LoadedArchives,
         })
     }
 
@@ -76,8 +118,8 @@ impl ImagePins {
         self.references.get(image).map_or("", String::as_str)
     }
 
-    pub fn has_placeholders(&self) -> bool {
-        self.placeholders
+    pub fn origin(&self) -> PinOrigin {
+        self.origin
     }
 }
 
@@ -97,14 +139,18 @@ fn resolve(topology: &Topology, built: impl Fn(&str) -> String) -> BTreeMap<Stri
 
 fn is_digest_reference(reference: &str) -> bool {
     reference
-        .split_once("@sha256:")
-        .is_some_and(|(repository, digest)| {
-            !repository.is_empty()
-                && digest.len() == 64
-                && digest
-                    .bytes()
-                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-        })
+        .split_once('@')
+        .is_some_and(|(repository, digest)| !repository.is_empty() && is_image_id(digest))
+}
+
+/// `sha256:` and 64 lowercase hex digits: a digest, or a Docker image ID.
+pub fn is_image_id(text: &str) -> bool {
+    text.strip_prefix("sha256:").is_some_and(|hex| {
+        hex.len() == 64
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
 }
 
 fn hex(bytes: &[u8]) -> String {

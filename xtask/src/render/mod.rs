@@ -23,7 +23,7 @@ use anyhow::{Context, Result, bail};
 use crate::project;
 use crate::topology::{self, Topology};
 
-pub use images::ImagePins;
+pub use images::{ImagePins, PinOrigin};
 
 /// Where the rendered examples of the default topology are committed.
 pub const DEFAULT_OUT: &str = "deploy/rendered";
@@ -96,7 +96,7 @@ pub fn render(
     let mut rendering = Rendering::default();
     let header = Header {
         source,
-        placeholders: pins.has_placeholders(),
+        origin: pins.origin(),
     };
     for server in topology.servers.keys() {
         let folder = PathBuf::from(format!("server-{server}"));
@@ -183,7 +183,7 @@ impl Rendering {
 /// The first lines of every rendered file: which command writes it, from what.
 struct Header<'a> {
     source: &'a str,
-    placeholders: bool,
+    origin: PinOrigin,
 }
 
 impl Header<'_> {
@@ -192,10 +192,14 @@ impl Header<'_> {
             "# Written by `cargo xtask render` from {}; edit that file, not this one.\n",
             self.source
         );
-        if self.placeholders {
-            lines.push_str(
+        match self.origin {
+            PinOrigin::Placeholders => lines.push_str(
                 "# cairn images carry PLACEHOLDER digests (registry.invalid): render with --images for real ones.\n",
-            );
+            ),
+            PinOrigin::LoadedArchives => lines.push_str(
+                "# cairn images are pinned by image ID (sha256:<config>): load them first, `docker load -i ../images/NAME.tar` for each (README.md).\n",
+            ),
+            PinOrigin::Registry => {}
         }
         lines
     }
