@@ -40,13 +40,15 @@ fn worktree(repo: &Path, path: &Path) -> Worktree {
     add_service(path, "fixture-a", "a");
     add_service(path, "fixture-b", "b");
     // Record the two path packages in this checkout's Cargo.lock, so `--locked` builds work.
+    // `cargo update --workspace` touches only the workspace's own entries and needs no crate
+    // sources: `cargo metadata --offline` would need every locked crate of every platform in
+    // the local cache, which a fresh machine does not have (android_system_properties, …).
     let status = Command::new(env!("CARGO"))
-        .args(["metadata", "--offline", "--format-version", "1"])
+        .args(["update", "--workspace", "--offline", "--quiet"])
         .current_dir(path)
-        .stdout(std::process::Stdio::null())
         .status()
-        .expect("cargo metadata");
-    assert!(status.success(), "cargo metadata in {}", path.display());
+        .expect("cargo update");
+    assert!(status.success(), "cargo update --workspace in {}", path.display());
     Worktree {
         repo: repo.to_owned(),
         path: path.to_owned(),
