@@ -44,6 +44,7 @@ pub struct Verifier {
 
 impl Verifier {
     pub fn new(auth: &EdgeAuth) -> Self {
+        hs256::install();
         let jwt = auth.jwt_secret.as_ref().map(|secret| {
             let mut validation = Validation::new(Algorithm::HS256);
             validation.set_required_spec_claims(&["exp", "sub"]);
@@ -111,6 +112,7 @@ mod tests {
             .expect("clock")
             .as_secs() as i64;
         let claims = serde_json::json!({"sub": sub, "iat": now, "exp": now + exp_offset});
+        hs256::install();
         encode(
             &Header::new(Algorithm::HS256),
             &claims,

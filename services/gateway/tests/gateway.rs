@@ -75,6 +75,7 @@ async fn routes_by_prefix_round_robin_and_protects_v1() {
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
         .as_secs();
+    hs256::install();
     let token = jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
         &serde_json::json!({"sub": "user-42", "iat": now, "exp": now + 300}),

@@ -33,6 +33,7 @@ pub struct TokenKeys {
 
 impl TokenKeys {
     pub fn new(secret: &str, ttl: Duration) -> TokenKeys {
+        hs256::install();
         TokenKeys {
             encoding: EncodingKey::from_secret(secret.as_bytes()),
             decoding: DecodingKey::from_secret(secret.as_bytes()),

@@ -18,6 +18,7 @@ fn expect_error(reply: &(u16, Value), status: u16, code: &str) -> String {
 }
 
 fn token_with(secret: &str, sub: &str, iat: u64, exp: u64) -> String {
+    hs256::install();
     jsonwebtoken::encode(
         &jsonwebtoken::Header::default(),
         &json!({ "sub": sub, "iat": iat, "exp": exp }),
