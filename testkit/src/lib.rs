@@ -4,7 +4,9 @@
 //! sleep), and a tool that is missing failing loudly under `CI=true`.
 //!
 //! Services use it as a dev-dependency only; xtask uses its tool lookup to install what the
-//! suite needs. Nothing in a shipped service binary may depend on it.
+//! suite needs, and `postgres` to run the scratch clusters of `bench api` and `dev`. Nothing in a shipped service binary may depend on it.
+
+pub mod postgres;
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -42,19 +44,31 @@ impl ProcessGuard {
         }
     }
 
+    /// The exit status when the process has exited (it is reaped then), else None.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// Sends SIGTERM and waits up to `deadline` for a clean exit; returns the exit status.
     pub fn terminate(&mut self, deadline: Duration) -> Option<std::process::ExitStatus> {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
+        self.wait_for_exit(deadline)
+    }
+
+    /// Waits up to `deadline` for the process to exit; returns its status, None on timeout.
+    pub fn wait_for_exit(&mut self, deadline: Duration) -> Option<std::process::ExitStatus> {
         let start = Instant::now();
-        while start.elapsed() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
+        loop {
+            if let Some(status) = self.exit_status() {
                 return Some(status);
+            }
+            if start.elapsed() >= deadline {
+                return None;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        None
     }
 }
 

@@ -9,7 +9,6 @@
 //! line). It prints requests/s and p99 per route.
 
 use std::io::{Read, Write};
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -44,7 +43,8 @@ pub struct ApiBenchArgs {
 
 pub fn run(args: &ApiBenchArgs) -> Result<()> {
     for tool in ["nginx", "wrk", "initdb", "postgres"] {
-        if find_tool(tool).is_none() {
+        // PATH first, then Debian's PostgreSQL directory.
+        if testkit::postgres::program(tool).is_none() {
             bail!("{tool} is missing: apt-get install -y nginx wrk postgresql");
         }
     }
@@ -104,82 +104,13 @@ pub fn run(args: &ApiBenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// A program on PATH or in Debian's PostgreSQL directory.
-fn find_tool(program: &str) -> Option<std::path::PathBuf> {
-    testkit::find_program(program).or_else(|| {
-        let mut candidates: Vec<_> = std::fs::read_dir("/usr/lib/postgresql")
-            .ok()?
-            .filter_map(|e| e.ok().map(|e| e.path().join("bin").join(program)))
-            .filter(|p| p.is_file())
-            .collect();
-        candidates.sort();
-        candidates.pop()
-    })
-}
-
-/// initdb refuses root: run the cluster as the `postgres` account then.
-fn as_postgres(command: &mut Command, dir: &Path) -> Result<()> {
-    if !testkit::is_root() {
-        return Ok(());
-    }
-    let passwd = std::fs::read_to_string("/etc/passwd").context("reading /etc/passwd")?;
-    let fields: Vec<&str> = passwd
-        .lines()
-        .find(|l| l.starts_with("postgres:"))
-        .context("running as root needs a postgres account in /etc/passwd")?
-        .split(':')
-        .collect();
-    let uid: u32 = fields
-        .get(2)
-        .and_then(|v| v.parse().ok())
-        .context("postgres uid")?;
-    let gid: u32 = fields
-        .get(3)
-        .and_then(|v| v.parse().ok())
-        .context("postgres gid")?;
-    std::os::unix::fs::chown(dir, Some(uid), Some(gid))
-        .with_context(|| format!("chown {}", dir.display()))?;
-    command.uid(uid).gid(gid);
-    Ok(())
-}
-
-fn start_postgres(work: &Path) -> Result<(ProcessGuard, String)> {
-    let dir = work.join("pg");
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let data = dir.join("data");
-    let mut init = Command::new(find_tool("initdb").context("initdb")?);
-    init.args(["--auth=trust", "--username=postgres", "--no-sync", "-D"])
-        .arg(&data)
-        .stdout(Stdio::null());
-    as_postgres(&mut init, &dir)?;
-    let status = init.status().context("running initdb")?;
-    if !status.success() {
-        bail!("initdb -D {} failed: {status}", data.display());
-    }
-    let port = testkit::free_port();
-    let mut server = Command::new(find_tool("postgres").context("postgres")?);
-    server
-        .arg("-D")
-        .arg(&data)
-        .args([
-            "-p",
-            &port.to_string(),
-            "-c",
-            "listen_addresses=127.0.0.1",
-            "-c",
-            "max_connections=100",
-        ])
-        .arg("-k")
-        .arg(&dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    as_postgres(&mut server, &dir)?;
-    let mut guard = ProcessGuard::spawn("postgres", &mut server);
-    wait_for_port(&mut guard, port)?;
-    Ok((
-        guard,
-        format!("postgres://postgres@127.0.0.1:{port}/postgres"),
-    ))
+fn start_postgres(work: &Path) -> Result<(testkit::postgres::Running, String)> {
+    let cluster = testkit::postgres::Cluster::new(work.join("pg"), testkit::free_port());
+    let server = cluster
+        .start(&[("max_connections", "100")], Duration::from_secs(30))
+        .context("starting the benchmark's PostgreSQL")?;
+    let url = server.url();
+    Ok((server, url))
 }
 
 /// An nginx master that stops with SIGTERM, so that its workers exit with it.

@@ -12,7 +12,6 @@
 pub mod inference;
 pub mod llm;
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -20,96 +19,28 @@ use std::time::Duration;
 use serde_json::Value;
 use testkit::ProcessGuard;
 
-/// A PostgreSQL cluster owned by the test.
+/// A PostgreSQL cluster owned by the test (`testkit::postgres`).
 pub struct Postgres {
     pub url: String,
-    _server: ProcessGuard,
+    _server: testkit::postgres::Running,
     _dir: tempfile::TempDir,
-}
-
-/// The uid and gid of the `postgres` account, to run initdb as when the test runs as root
-/// (initdb refuses root).
-fn postgres_account() -> Option<(u32, u32)> {
-    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
-    let line = passwd.lines().find(|l| l.starts_with("postgres:"))?;
-    let fields: Vec<&str> = line.split(':').collect();
-    Some((fields.get(2)?.parse().ok()?, fields.get(3)?.parse().ok()?))
-}
-
-fn as_postgres_user(command: &mut Command, dir: &Path) {
-    if testkit::is_root() {
-        let (uid, gid) = postgres_account().expect("running as root needs a postgres account");
-        std::os::unix::fs::chown(dir, Some(uid), Some(gid)).expect("chown the cluster directory");
-        command.uid(uid).gid(gid);
-    }
-}
-
-/// A PostgreSQL server program: on PATH, or where Debian's `postgresql` package puts it
-/// (`/usr/lib/postgresql/<newest>/bin`, not on PATH).
-fn postgres_program(name: &str) -> Option<PathBuf> {
-    if let Some(path) = testkit::find_program(name) {
-        return Some(path);
-    }
-    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|entries| {
-            entries
-                .filter_map(|e| e.ok().map(|e| e.path().join("bin").join(name)))
-                .collect()
-        })
-        .unwrap_or_default();
-    versions.sort();
-    versions
-        .into_iter()
-        .rev()
-        .find(|p| p.is_file())
-        .or_else(|| testkit::require_tool(name, "apt-get install postgresql"))
 }
 
 impl Postgres {
     /// Starts a fresh cluster, or `None` (test skipped) when PostgreSQL is not installed.
     pub fn start() -> Option<Postgres> {
-        let initdb = postgres_program("initdb")?;
-        let postgres = postgres_program("postgres")?;
+        if !testkit::postgres::require() {
+            return None;
+        }
         let dir = tempfile::Builder::new()
             .prefix("cairn-pg")
             .tempdir()
             .expect("tempdir");
-        let data = dir.path().join("data");
-        let mut init = Command::new(initdb);
-        init.args([
-            "--auth=trust",
-            "--username=postgres",
-            "--no-sync",
-            "--encoding=UTF8",
-            "-D",
-        ])
-        .arg(&data)
-        .stdout(Stdio::null());
-        as_postgres_user(&mut init, dir.path());
-        let status = init.status().expect("run initdb");
-        assert!(status.success(), "initdb failed: {status}");
-        let port = testkit::free_port();
-        let mut server = Command::new(postgres);
-        server
-            .arg("-D")
-            .arg(&data)
-            .args([
-                "-p",
-                &port.to_string(),
-                "-c",
-                "listen_addresses=127.0.0.1",
-                "-c",
-                "fsync=off",
-            ])
-            .arg("-k")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        as_postgres_user(&mut server, dir.path());
-        let server = ProcessGuard::spawn("postgres", &mut server);
-        testkit::wait_for_port("postgres", port, Duration::from_secs(30));
+        let server = testkit::postgres::Cluster::new(dir.path(), testkit::free_port())
+            .start(&[("fsync", "off")], Duration::from_secs(30))
+            .expect("start PostgreSQL");
         Some(Postgres {
-            url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+            url: server.url(),
             _server: server,
             _dir: dir,
         })
