@@ -1,0 +1,464 @@
+//! `cargo xtask dev` end to end: from an empty state directory the detached stack comes up
+//! (PostgreSQL, inference on a tiny random model, api, gateway, nginx with the rendered local
+//! config), and the path a user takes works through nginx: register, log in, create a session,
+//! `POST /api/chat` streams the tiny model's tokens event by event, the messages are in
+//! PostgreSQL (read back with psql), `/api/health/all` reports every service up. Then `dev down`
+//! stops it and no process of the stack remains, and its ports are free again.
+//!
+//! The service binaries are the workspace's debug builds next to this test binary (built by
+//! `cargo test --workspace`, or here when missing), passed with `--bin-dir`.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+/// Ports of the default topology the stack uses (before the offset).
+const TOPOLOGY_PORTS: [u16; 5] = [5432, 8000, 8001, 8080, 8088];
+const NGINX_PORT: u16 = 8088;
+const POSTGRES_PORT: u16 = 5432;
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_owned()
+}
+
+/// `target/debug`, where this test binary's profile puts the service binaries.
+fn service_binaries() -> PathBuf {
+    let test_binary = std::env::current_exe().expect("test binary path");
+    let profile_dir = test_binary
+        .parent()
+        .and_then(Path::parent)
+        .expect("profile directory")
+        .to_owned();
+    let missing = ["gateway", "api", "inference"]
+        .iter()
+        .any(|name| !profile_dir.join(name).is_file());
+    if missing {
+        let status = Command::new(env!("CARGO"))
+            .args([
+                "build",
+                "--locked",
+                "-p",
+                "gateway",
+                "-p",
+                "api",
+                "-p",
+                "inference",
+            ])
+            .current_dir(workspace_root())
+            .status()
+            .expect("cargo build");
+        assert!(status.success(), "building the services");
+    }
+    profile_dir
+}
+
+fn port_is_free(port: u16) -> bool {
+    std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
+
+/// An offset that puts every port of the stack on a free port (other stacks may run here).
+fn free_offset() -> u16 {
+    for _ in 0..200 {
+        let offset = 20000 + fastrand::u16(0..20000);
+        if TOPOLOGY_PORTS
+            .iter()
+            .all(|port| port_is_free(port + offset))
+        {
+            return offset;
+        }
+    }
+    panic!("no free set of ports found");
+}
+
+fn xtask(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(args)
+        .output()
+        .expect("run xtask")
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// Stops the stack when the test ends, however it ends.
+struct Stack {
+    state_dir: PathBuf,
+}
+
+impl Stack {
+    fn down(&self) -> Output {
+        xtask(&[
+            "dev",
+            "down",
+            "--state-dir",
+            &self.state_dir.display().to_string(),
+        ])
+    }
+
+    fn state(&self) -> Value {
+        let path = self.state_dir.join("dev.json");
+        let text =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        serde_json::from_str(&text).expect("dev.json is JSON")
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        let _ = self.down();
+    }
+}
+
+fn post(
+    client: &reqwest::blocking::Client,
+    url: &str,
+    token: Option<&str>,
+    body: &Value,
+) -> (u16, Value) {
+    let mut request = client.post(url).json(body);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().unwrap_or_else(|e| panic!("POST {url}: {e}"));
+    let status = response.status().as_u16();
+    let text = response.text().expect("body");
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+/// One server-sent event and the read (counted from 0) in which it was complete.
+#[derive(Debug)]
+struct Event {
+    name: String,
+    data: Value,
+    read: usize,
+}
+
+/// Reads an SSE body as it arrives, noting in which read each event completed.
+fn read_events(mut body: impl Read) -> Vec<Event> {
+    let mut events = Vec::new();
+    let mut pending = String::new();
+    let mut buffer = [0u8; 16 * 1024];
+    for read in 0.. {
+        let n = body.read(&mut buffer).expect("reading the stream");
+        if n == 0 {
+            break;
+        }
+        pending.push_str(&String::from_utf8_lossy(&buffer[..n]));
+        while let Some(end) = pending.find("\n\n") {
+            let block: String = pending.drain(..end + 2).collect();
+            let mut name = "message".to_owned();
+            let mut data = String::new();
+            for line in block.lines() {
+                if let Some(value) = line.strip_prefix("event:") {
+                    name = value.trim().to_owned();
+                } else if let Some(value) = line.strip_prefix("data:") {
+                    data.push_str(value.trim_start());
+                }
+            }
+            if !data.is_empty() {
+                events.push(Event {
+                    name,
+                    data: serde_json::from_str(&data).expect("event data is JSON"),
+                    read,
+                });
+            }
+        }
+    }
+    events
+}
+
+fn psql(port: u16, query: &str) -> String {
+    let program = testkit::postgres::program("psql").expect("psql");
+    let output = Command::new(program)
+        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
+        .arg(format!("postgres://postgres@127.0.0.1:{port}/postgres"))
+        .args(["-c", query])
+        .output()
+        .expect("run psql");
+    assert!(output.status.success(), "psql: {}", text(&output));
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+#[test]
+fn the_stack_serves_a_streamed_chat_through_nginx_and_stops_cleanly() {
+    if !testkit::postgres::require() {
+        return;
+    }
+    if testkit::require_tool("nginx", "apt-get install -y nginx").is_none() {
+        return;
+    }
+    if testkit::postgres::program("psql").is_none() {
+        assert!(
+            !testkit::in_ci(),
+            "psql is required under CI=true: {}",
+            testkit::postgres::INSTALL
+        );
+        eprintln!("SKIPPED: psql not found ({})", testkit::postgres::INSTALL);
+        return;
+    }
+    let bin_dir = service_binaries();
+    let dir = tempfile::tempdir().expect("temp dir");
+    // Run as root, PostgreSQL runs as the postgres account, which must enter the directory.
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod the temp dir");
+    let state_dir = dir.path().join("dev");
+    let offset = free_offset();
+    let stack = Stack {
+        state_dir: state_dir.clone(),
+    };
+    let started = Instant::now();
+    let up = xtask(&[
+        "dev",
+        "--detach",
+        "--state-dir",
+        &state_dir.display().to_string(),
+        "--port-offset",
+        &offset.to_string(),
+        "--bin-dir",
+        &bin_dir.display().to_string(),
+        "--storage",
+        "local",
+    ]);
+    let up_text = text(&up);
+    assert!(up.status.success(), "dev --detach failed:\n{up_text}");
+    assert!(up_text.contains("cold start"), "{up_text}");
+    eprintln!(
+        "stack up in {:.2} s (build excluded):\n{up_text}",
+        started.elapsed().as_secs_f64()
+    );
+
+    let state = stack.state();
+    assert_eq!(state["phase"], "up", "{state}");
+    let names: Vec<&str> = state["processes"]
+        .as_array()
+        .expect("processes")
+        .iter()
+        .map(|p| p["name"].as_str().expect("name"))
+        .collect();
+    assert_eq!(names, ["postgres", "inference", "api", "gateway", "nginx"]);
+
+    let status = xtask(&[
+        "dev",
+        "status",
+        "--state-dir",
+        &state_dir.display().to_string(),
+    ]);
+    let status_text = text(&status);
+    assert!(status.status.success(), "{status_text}");
+    for name in &names {
+        let row = status_text
+            .lines()
+            .find(|line| line.starts_with(name))
+            .unwrap_or_else(|| panic!("no status row for {name}:\n{status_text}"));
+        assert!(row.contains(" up "), "{name} is not up:\n{status_text}");
+    }
+
+    // The real path, through nginx.
+    let site = format!("http://127.0.0.1:{}", NGINX_PORT + offset);
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .expect("http client");
+    let credentials = json!({ "email": "dev@example.org", "password": "correct horse battery" });
+    let (code, registered) = post(
+        &client,
+        &format!("{site}/api/auth/register"),
+        None,
+        &credentials,
+    );
+    assert_eq!(code, 201, "register: {registered}");
+    let (code, logged_in) = post(
+        &client,
+        &format!("{site}/api/auth/login"),
+        None,
+        &credentials,
+    );
+    assert_eq!(code, 200, "login: {logged_in}");
+    let token = logged_in["token"].as_str().expect("token").to_owned();
+    let (code, session) = post(
+        &client,
+        &format!("{site}/api/sessions"),
+        Some(&token),
+        &json!({ "title": "dev stack" }),
+    );
+    assert_eq!(code, 201, "create session: {session}");
+    let session_id = session["id"]
+        .as_str()
+        .or_else(|| session["session"]["id"].as_str())
+        .unwrap_or_else(|| panic!("no session id in {session}"))
+        .to_owned();
+
+    let response = client
+        .post(format!("{site}/api/chat"))
+        .bearer_auth(&token)
+        .json(&json!({ "message": "hello from the dev stack", "session_id": session_id }))
+        .send()
+        .expect("POST /api/chat");
+    assert_eq!(response.status().as_u16(), 200);
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        content_type.starts_with("text/event-stream"),
+        "{content_type}"
+    );
+    let events = read_events(response);
+    assert_eq!(
+        events.first().map(|e| e.name.as_str()),
+        Some("session"),
+        "{events:?}"
+    );
+    let done = events.last().expect("events");
+    assert_eq!(done.name, "done", "{events:?}");
+    let deltas: Vec<&Event> = events.iter().filter(|e| e.name == "delta").collect();
+    assert!(
+        deltas.len() >= 2,
+        "the tiny model streamed {} deltas: {events:?}",
+        deltas.len()
+    );
+    // Event by event: the deltas reached the client over several reads, not in one piece at
+    // the end (which is what a buffering proxy would do).
+    let reads: std::collections::BTreeSet<usize> = deltas.iter().map(|e| e.read).collect();
+    assert!(
+        reads.len() >= 2,
+        "every delta arrived in one read: {events:?}"
+    );
+    let streamed: String = deltas
+        .iter()
+        .map(|e| e.data["content"].as_str().expect("delta content"))
+        .collect();
+
+    // The conversation is in PostgreSQL.
+    let postgres_port = POSTGRES_PORT + offset;
+    let rows = psql(
+        postgres_port,
+        &format!(
+            "SELECT role || ':' || status FROM messages WHERE session_id = '{session_id}' ORDER BY seq"
+        ),
+    );
+    assert_eq!(rows, "user:complete\nassistant:complete", "{rows}");
+    let question = psql(
+        postgres_port,
+        &format!(
+            "SELECT content FROM messages WHERE session_id = '{session_id}' AND role = 'user'"
+        ),
+    );
+    assert_eq!(question, "hello from the dev stack");
+    let stored_reply = psql(
+        postgres_port,
+        &format!(
+            "SELECT md5(content) FROM messages WHERE session_id = '{session_id}' AND role = 'assistant'"
+        ),
+    );
+    let expected_md5 = psql(
+        postgres_port,
+        &format!("SELECT md5('{}')", streamed.replace('\'', "''")),
+    );
+    assert_eq!(
+        stored_reply, expected_md5,
+        "the stored reply is what was streamed"
+    );
+
+    // Every service behind the gateway is up, asked through nginx.
+    let health = client
+        .get(format!("{site}/api/health/all"))
+        .send()
+        .expect("GET /api/health/all");
+    assert_eq!(health.status().as_u16(), 200);
+    let health: Value = health.json().expect("health JSON");
+    assert_eq!(health["status"], "ok", "{health}");
+    let services = health["services"].as_array().expect("services");
+    let service_names: Vec<&str> = services.iter().filter_map(|s| s["name"].as_str()).collect();
+    assert_eq!(service_names, ["api", "inference"], "{health}");
+    for service in services {
+        for instance in service["instances"].as_array().expect("instances") {
+            assert_eq!(instance["status"], "up", "{health}");
+        }
+    }
+
+    // Stop: nothing of the stack remains.
+    let pids: Vec<u32> = std::iter::once(state["supervisor_pid"].as_u64().expect("pid") as u32)
+        .chain(
+            state["processes"]
+                .as_array()
+                .expect("processes")
+                .iter()
+                .flat_map(|p| p["pids"].as_array().expect("pids").clone())
+                .map(|pid| pid.as_u64().expect("pid") as u32),
+        )
+        .collect();
+    assert_eq!(
+        pids.len(),
+        6,
+        "one pid per process and the supervisor: {pids:?}"
+    );
+    let down = stack.down();
+    assert!(down.status.success(), "dev down failed:\n{}", text(&down));
+    for pid in &pids {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next());
+        assert!(
+            matches!(state, None | Some("Z") | Some("X")),
+            "pid {pid} is still running after dev down: {stat}"
+        );
+    }
+    for port in TOPOLOGY_PORTS {
+        assert!(
+            port_is_free(port + offset),
+            "port {} is still taken",
+            port + offset
+        );
+    }
+    assert_eq!(stack.state()["phase"], "stopped");
+}
+
+#[test]
+fn a_taken_port_is_named_with_its_service() {
+    if !testkit::postgres::require() {
+        return;
+    }
+    let offset = free_offset();
+    let _holder = std::net::TcpListener::bind(("127.0.0.1", 8080 + offset)).expect("bind");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let output = xtask(&[
+        "dev",
+        "--state-dir",
+        &dir.path().display().to_string(),
+        "--port-offset",
+        &offset.to_string(),
+        "--bin-dir",
+        &dir.path().display().to_string(),
+    ]);
+    let message = text(&output);
+    assert!(!output.status.success(), "{message}");
+    assert!(
+        message.contains(&format!(
+            "port {} (gateway) is already in use",
+            8080 + offset
+        )),
+        "{message}"
+    );
+    assert!(message.contains("--port-offset"), "{message}");
+}
