@@ -421,13 +421,9 @@ fn the_stack_serves_a_streamed_chat_through_nginx_and_stops_cleanly() {
     let down = stack.down();
     assert!(down.status.success(), "dev down failed:\n{}", text(&down));
     for pid in &pids {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let state = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next());
         assert!(
-            matches!(state, None | Some("Z") | Some("X")),
-            "pid {pid} is still running after dev down: {stat}"
+            !is_running(*pid),
+            "pid {pid} is still running after dev down"
         );
     }
     for port in TOPOLOGY_PORTS {
@@ -467,4 +463,134 @@ fn a_taken_port_is_named_with_its_service() {
         "{message}"
     );
     assert!(message.contains("--port-offset"), "{message}");
+}
+
+/// Polls dev.json until `ready` holds for it; panics after `deadline` with the last state.
+fn wait_for_state(state_dir: &Path, deadline: Duration, ready: impl Fn(&Value) -> bool) -> Value {
+    let path = state_dir.join("dev.json");
+    let start = Instant::now();
+    loop {
+        let state = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|text| serde_json::from_str::<Value>(&text).ok());
+        if let Some(state) = state.as_ref().filter(|s| ready(s)) {
+            return state.clone();
+        }
+        assert!(
+            start.elapsed() < deadline,
+            "dev.json not as expected after {deadline:?}: {state:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn process<'a>(state: &'a Value, name: &str) -> &'a Value {
+    state["processes"]
+        .as_array()
+        .and_then(|all| all.iter().find(|p| p["name"] == name))
+        .unwrap_or_else(|| panic!("no {name} in {state}"))
+}
+
+/// In the foreground, as `cargo xtask dev` runs in a terminal: output multiplexed behind
+/// `name |` prefixes, a killed process restarted and healthy again, and SIGTERM stopping
+/// everything in reverse order with exit status 0.
+#[test]
+fn the_foreground_stack_restarts_a_killed_process_and_stops_on_sigterm() {
+    if !testkit::postgres::require() {
+        return;
+    }
+    let bin_dir = service_binaries();
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod the temp dir");
+    let state_dir = dir.path().join("dev");
+    let offset = free_offset();
+    let log = std::fs::File::create(dir.path().join("stdout")).expect("stdout file");
+    let mut supervisor = testkit::ProcessGuard::spawn(
+        "xtask dev",
+        Command::new(env!("CARGO_BIN_EXE_xtask"))
+            .args(["dev", "--storage", "local", "--state-dir"])
+            .arg(&state_dir)
+            .args(["--port-offset", &offset.to_string(), "--bin-dir"])
+            .arg(&bin_dir)
+            .stdout(log.try_clone().expect("clone"))
+            .stderr(log),
+    );
+    let up = wait_for_state(&state_dir, Duration::from_secs(120), |s| s["phase"] == "up");
+    let gateway = process(&up, "gateway");
+    let killed = gateway["pid"].as_u64().expect("gateway pid");
+    let kill = Command::new("kill")
+        .args(["-KILL", &killed.to_string()])
+        .status()
+        .expect("kill");
+    assert!(kill.success());
+    let again = wait_for_state(&state_dir, Duration::from_secs(60), |s| {
+        let gateway = process(s, "gateway");
+        gateway["restarts"] == 1 && gateway["healthy"] == true
+    });
+    let restarted = process(&again, "gateway")["pid"].as_u64().expect("new pid");
+    assert_ne!(restarted, killed);
+    let health =
+        reqwest::blocking::get(format!("http://127.0.0.1:{}/api/health/all", 8080 + offset))
+            .expect("health through the restarted gateway");
+    assert_eq!(health.status().as_u16(), 200);
+
+    let terminate = Command::new("kill")
+        .args(["-TERM", &supervisor.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(terminate.success());
+    let status = supervisor
+        .wait_for_exit(Duration::from_secs(30))
+        .expect("the supervisor stops within 30 s");
+    let output = std::fs::read_to_string(dir.path().join("stdout")).expect("stdout");
+    assert!(status.success(), "exit {status}:\n{output}");
+    for line in [
+        "gateway exited with signal: 9 (SIGKILL); restart 1/5",
+        "SIGTERM: stopping the stack",
+        "stopped; no process of the stack remains",
+    ] {
+        assert!(output.contains(line), "no {line:?} in:\n{output}");
+    }
+    let stopped = wait_for_state(&state_dir, Duration::from_secs(5), |s| {
+        s["phase"] == "stopped"
+    });
+    let processes = stopped["processes"].as_array().expect("processes");
+    // Reverse start order.
+    let stops: Vec<&str> = output
+        .lines()
+        .filter_map(|l| l.split("| stopped ").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .collect();
+    let reverse: Vec<&str> = processes
+        .iter()
+        .rev()
+        .map(|p| p["name"].as_str().expect("name"))
+        .collect();
+    assert_eq!(stops, reverse, "{output}");
+    assert!(
+        output.lines().any(|l| l.trim_start().starts_with("api |")),
+        "{output}"
+    );
+    for process in processes {
+        for pid in process["pids"].as_array().expect("pids") {
+            let pid = pid.as_u64().expect("pid") as u32;
+            assert!(
+                !is_running(pid),
+                "pid {pid} is still running after the stop"
+            );
+        }
+    }
+}
+
+/// True while /proc/PID exists and is not a zombie.
+fn is_running(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next());
+    !matches!(state, None | Some("Z") | Some("X"))
 }
