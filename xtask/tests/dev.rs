@@ -18,6 +18,8 @@ use serde_json::{Value, json};
 /// Ports of the default topology the stack uses (before the offset).
 const TOPOLOGY_PORTS: [u16; 6] = [5432, 3900, 8000, 8001, 8080, 8088];
 const NGINX_PORT: u16 = 8088;
+/// Deltas in a reply long enough that its streaming spans several reads (see the chat test).
+const LONG_REPLY: usize = 32;
 const POSTGRES_PORT: u16 = 5432;
 
 fn workspace_root() -> PathBuf {
@@ -181,6 +183,33 @@ fn read_events(mut body: impl Read) -> Vec<Event> {
     events
 }
 
+/// `POST /api/chat` in `session_id`; the events as they arrived.
+fn chat(
+    client: &reqwest::blocking::Client,
+    site: &str,
+    token: &str,
+    session_id: &str,
+) -> Vec<Event> {
+    let response = client
+        .post(format!("{site}/api/chat"))
+        .bearer_auth(token)
+        .json(&json!({ "message": "hello from the dev stack", "session_id": session_id }))
+        .send()
+        .expect("POST /api/chat");
+    assert_eq!(response.status().as_u16(), 200);
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        content_type.starts_with("text/event-stream"),
+        "{content_type}"
+    );
+    read_events(response)
+}
+
 fn psql(port: u16, query: &str) -> String {
     let program = testkit::postgres::program("psql").expect("psql");
     let output = Command::new(program)
@@ -318,24 +347,18 @@ fn the_stack_serves_a_streamed_chat_through_nginx_and_stops_cleanly() {
         .unwrap_or_else(|| panic!("no session id in {session}"))
         .to_owned();
 
-    let response = client
-        .post(format!("{site}/api/chat"))
-        .bearer_auth(&token)
-        .json(&json!({ "message": "hello from the dev stack", "session_id": session_id }))
-        .send()
-        .expect("POST /api/chat");
-    assert_eq!(response.status().as_u16(), 200);
-    let content_type = response
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    assert!(
-        content_type.starts_with("text/event-stream"),
-        "{content_type}"
-    );
-    let events = read_events(response);
+    // A random model sometimes ends after a few tokens, produced in a few milliseconds and
+    // then read in one piece as from any server: ask again in the same session (at most 8
+    // times) until a reply is long enough for streaming to show.
+    let mut asked = 0;
+    let events = loop {
+        asked += 1;
+        let events = chat(&client, &site, &token, &session_id);
+        let deltas = events.iter().filter(|e| e.name == "delta").count();
+        if deltas >= LONG_REPLY || asked == 8 {
+            break events;
+        }
+    };
     assert_eq!(
         events.first().map(|e| e.name.as_str()),
         Some("session"),
@@ -345,22 +368,22 @@ fn the_stack_serves_a_streamed_chat_through_nginx_and_stops_cleanly() {
     assert_eq!(done.name, "done", "{events:?}");
     let deltas: Vec<&Event> = events.iter().filter(|e| e.name == "delta").collect();
     assert!(
-        deltas.len() >= 2,
-        "the tiny model streamed {} deltas: {events:?}",
+        deltas.len() >= LONG_REPLY,
+        "the tiny model streamed {} deltas in the last of {asked} replies: {events:?}",
         deltas.len()
     );
-    // Event by event: the deltas reached the client over many reads, not in one piece at the
-    // end nor a proxy buffer at a time (a 4-8 KiB buffer holds 100-200 delta events of about 40
-    // bytes; 16 per read leaves room for a reader that a loaded machine holds back). By hand,
-    // nginx with `proxy_buffering on` + `proxy_ignore_headers X-Accel-Buffering` once gave 34
-    // deltas in 2 reads, failing this, and once passed 289 in 288 as they came: nginx's
-    // buffered mode does not always hold a slow stream back. The real path gave 53 in 25.
+    // Event by event: the deltas reached the client in more than one read, not in one piece
+    // at the end. No tighter bound holds on a loaded machine, where the reader lags a fast tiny
+    // model: 89 deltas came in 4 reads once, 53 in 25 typically. A buffering proxy is not
+    // caught on a reply shorter than its buffer either (by hand, nginx with `proxy_buffering
+    // on` + `proxy_ignore_headers X-Accel-Buffering` gave 34 deltas in 2 reads once and 289 in
+    // 288 another time): the gateway's `X-Accel-Buffering: no` and nginx/stream.conf keep
+    // nginx from buffering, and render's tests check the latter.
     let reads: std::collections::BTreeSet<usize> = deltas.iter().map(|e| e.read).collect();
     assert!(
-        reads.len() >= 2 && reads.len() * 16 >= deltas.len(),
-        "{} deltas arrived in only {} reads: buffered on the way? {events:?}",
-        deltas.len(),
-        reads.len()
+        reads.len() >= 2,
+        "all {} deltas arrived in one read: buffered on the way? {events:?}",
+        deltas.len()
     );
     eprintln!("{} deltas arrived over {} reads", deltas.len(), reads.len());
     let streamed: String = deltas
@@ -376,18 +399,22 @@ fn the_stack_serves_a_streamed_chat_through_nginx_and_stops_cleanly() {
             "SELECT role || ':' || status FROM messages WHERE session_id = '{session_id}' ORDER BY seq"
         ),
     );
-    assert_eq!(rows, "user:complete\nassistant:complete", "{rows}");
+    assert_eq!(
+        rows,
+        vec!["user:complete\nassistant:complete"; asked].join("\n"),
+        "{rows}"
+    );
     let question = psql(
         postgres_port,
         &format!(
-            "SELECT content FROM messages WHERE session_id = '{session_id}' AND role = 'user'"
+            "SELECT DISTINCT content FROM messages WHERE session_id = '{session_id}' AND role = 'user'"
         ),
     );
     assert_eq!(question, "hello from the dev stack");
     let stored_reply = psql(
         postgres_port,
         &format!(
-            "SELECT md5(content) FROM messages WHERE session_id = '{session_id}' AND role = 'assistant'"
+            "SELECT md5(content) FROM messages WHERE session_id = '{session_id}' AND role = 'assistant' ORDER BY seq DESC LIMIT 1"
         ),
     );
     let expected_md5 = psql(

@@ -15,6 +15,7 @@ mod supervisor;
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
+use std::fmt::Write as _;
 use std::io::{Read, Seek, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -480,8 +481,8 @@ fn status(paths: &StatePaths) -> Result<()> {
         return Ok(());
     };
     let supervisor_alive = state::is_alive(current.supervisor_pid);
-    println!(
-        "supervisor pid {} {} ({:?}); state in {}",
+    let mut text = format!(
+        "supervisor pid {} {} (last phase: {:?}); state in {}\n",
         current.supervisor_pid,
         if supervisor_alive {
             "running"
@@ -495,14 +496,16 @@ fn status(paths: &StatePaths) -> Result<()> {
         .enable_all()
         .build()
         .context("starting a runtime for the health probes")?;
-    println!(
+    let _ = writeln!(
+        text,
         "{:<10} {:>8} {:>6} {:<8} {:>8}",
         "SERVICE", "PID", "PORT", "HEALTH", "RESTARTS"
     );
     for process in &current.processes {
         let pid = process.pid.filter(|pid| state::is_alive(*pid));
         let healthy = runtime.block_on(probe::is_healthy(&process.health));
-        println!(
+        let _ = writeln!(
+            text,
             "{:<10} {:>8} {:>6} {:<8} {:>8}",
             process.name,
             pid.map_or("-".to_owned(), |p| p.to_string()),
@@ -513,9 +516,11 @@ fn status(paths: &StatePaths) -> Result<()> {
     }
     if supervisor_alive && current.phase == Phase::Up {
         for (name, url) in &current.urls {
-            println!("  {name:<24}  {url}");
+            let _ = writeln!(text, "  {name:<24}  {url}");
         }
     }
+    // A closed pipe (`| head`) is not an error worth a panic.
+    let _ = std::io::stdout().write_all(text.as_bytes());
     Ok(())
 }
 
