@@ -157,20 +157,9 @@ impl Cluster {
         Ok(server)
     }
 
-    /// True when the server accepts connections: `pg_isready` when installed (a server that
-    /// is still starting up or recovering answers "no"), else a TCP connect.
+    /// True when the server accepts connections (see [`is_ready`]).
     pub fn is_ready(&self) -> bool {
-        match program("pg_isready") {
-            Some(pg_isready) => Command::new(pg_isready)
-                .args(["-q", "-h", "127.0.0.1", "-p", &self.port.to_string()])
-                .args(["-U", "postgres", "-d", "postgres", "-t", "2"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success()),
-            None => std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok(),
-        }
+        is_ready(self.port)
     }
 
     /// Initialises the cluster when needed, starts its server (output discarded) and waits up
@@ -214,11 +203,50 @@ impl Cluster {
             return Ok(());
         }
         let (uid, gid) = postgres_account()?;
+        unreachable_ancestor(&self.dir)?;
         std::os::unix::fs::chown(&self.dir, Some(uid), Some(gid))
             .map_err(|e| io::Error::new(e.kind(), format!("chown {}: {e}", self.dir.display())))?;
         command.uid(uid).gid(gid);
         Ok(())
     }
+}
+
+/// True when a server on 127.0.0.1:port accepts connections: `pg_isready` when installed (a
+/// server that is still starting up or recovering answers "no"), else a TCP connect.
+pub fn is_ready(port: u16) -> bool {
+    match program("pg_isready") {
+        Some(pg_isready) => Command::new(pg_isready)
+            .args(["-q", "-h", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-U", "postgres", "-d", "postgres", "-t", "2"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success()),
+        None => std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+    }
+}
+
+/// The `postgres` account must be able to enter every directory above the cluster (a
+/// temporary directory is 0700 root): fail naming the first one it cannot.
+fn unreachable_ancestor(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let absolute = std::path::absolute(dir)?;
+    for ancestor in absolute.ancestors().skip(1) {
+        let mode = std::fs::metadata(ancestor)?.permissions().mode();
+        if mode & 0o001 == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "PostgreSQL runs as the postgres account (initdb refuses root), which cannot enter {} (mode {:o}): put the cluster {} under a directory others may enter",
+                    ancestor.display(),
+                    mode & 0o7777,
+                    dir.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn missing(name: &str) -> io::Error {

@@ -3,6 +3,7 @@
 
 mod bench;
 mod build;
+mod dev;
 mod image;
 mod project;
 mod push;
@@ -33,6 +34,8 @@ enum Command {
     Render(render::RenderArgs),
     /// Build, pack, push (with --registry), render with the digests, and bundle a release.
     Release(release::ReleaseArgs),
+    /// Run the whole stack locally (PostgreSQL, storage, inference, api, gateway, nginx); `dev status|logs|down` for a detached one.
+    Dev(dev::DevArgs),
     /// Run a benchmark against the real alternative (`cargo xtask bench gateway|image|push|inference|api`).
     Bench(bench::BenchArgs),
     /// Run the whole test suite: fmt, clippy, install missing tools, every test of the workspace.
@@ -47,6 +50,7 @@ fn main() -> anyhow::Result<()> {
         Command::Push(args) => push::run(&args),
         Command::Render(args) => render::run(&args),
         Command::Release(args) => release::run(&args),
+        Command::Dev(args) => dev::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::Test(args) => test::run(&args),
     }

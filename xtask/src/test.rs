@@ -105,6 +105,12 @@ pub const DEBIAN_TOOLS: &[DebianTool] = &[
         program: "pg_ctlcluster",
         package: "postgresql",
     },
+    // `cargo xtask dev`'s end-to-end test reads the stored chat back with psql (pg_isready, the
+    // dev stack's PostgreSQL readiness check, comes in the same package).
+    DebianTool {
+        program: "psql",
+        package: "postgresql-client",
+    },
 ];
 
 /// A program the test suite runs that comes from crates.io, installed with `cargo install`.

@@ -24,17 +24,47 @@ pub enum Variant {
 
 /// `upstream_port` is the port the site's upstream service listens on.
 pub fn render_nginx(site: &Site, upstream_port: u16, variant: Variant) -> String {
+    let local = LocalAddresses {
+        listen_port: site.local_port,
+        upstream: &site.local_upstream,
+    };
+    render_with(site, upstream_port, variant, &local)
+}
+
+/// The `Local` variant listening on `listen_port` with the upstream at `upstream_address`
+/// (`host:port`) instead of the site's `local_port` and `local_upstream`: `cargo xtask dev`
+/// moves the whole stack with `--port-offset`.
+pub fn render_local_nginx(site: &Site, listen_port: u16, upstream_address: &str) -> String {
+    let local = LocalAddresses {
+        listen_port,
+        upstream: upstream_address,
+    };
+    render_with(site, 0, Variant::Local, &local)
+}
+
+/// Where the local variant listens and finds its upstream.
+struct LocalAddresses<'a> {
+    listen_port: u16,
+    upstream: &'a str,
+}
+
+fn render_with(
+    site: &Site,
+    upstream_port: u16,
+    variant: Variant,
+    local: &LocalAddresses,
+) -> String {
     let mut text = String::new();
     text.push_str(&main_context(variant));
     text.push_str("\nhttp {\n");
     text.push_str(&http_settings(site, variant));
-    text.push_str(&upstream(site, upstream_port, variant));
+    text.push_str(&upstream(site, upstream_port, variant, local));
     match variant {
         Variant::Tls => {
             text.push_str(&redirect_server(site));
             text.push_str(&tls_server(site));
         }
-        Variant::Local => text.push_str(&local_server(site)),
+        Variant::Local => text.push_str(&local_server(site, local.listen_port)),
     }
     text.push_str("}\n");
     text
@@ -95,10 +125,10 @@ fn http_settings(site: &Site, variant: Variant) -> String {
     text
 }
 
-fn upstream(site: &Site, upstream_port: u16, variant: Variant) -> String {
+fn upstream(site: &Site, upstream_port: u16, variant: Variant, local: &LocalAddresses) -> String {
     let address = match variant {
         Variant::Tls => format!("{}:{upstream_port}", site.upstream.get_ref()),
-        Variant::Local => site.local_upstream.clone(),
+        Variant::Local => local.upstream.to_owned(),
     };
     format!(
         "\n    upstream {name} {{\n        server {address};\n        keepalive 32;\n    }}\n",
@@ -149,7 +179,7 @@ fn tls_server(site: &Site) -> String {
     )
 }
 
-fn local_server(site: &Site) -> String {
+fn local_server(site: &Site, listen_port: u16) -> String {
     format!(
         "
     server {{
@@ -158,7 +188,7 @@ fn local_server(site: &Site) -> String {
         root www;
 {locations}    }}
 ",
-        port = site.local_port,
+        port = listen_port,
         locations = locations(site),
     )
 }

@@ -154,6 +154,20 @@ fn image_pins_come_from_the_built_map() {
 }
 
 #[test]
+fn the_local_variant_moves_to_the_ports_it_is_given() {
+    let topology = default_topology();
+    let standard = nginx::render_nginx(&topology.site, 8080, nginx::Variant::Local);
+    let moved = nginx::render_local_nginx(&topology.site, 9088, "127.0.0.1:9080");
+    assert_ne!(moved, standard);
+    assert_eq!(
+        moved,
+        standard
+            .replace("listen 127.0.0.1:8088;", "listen 127.0.0.1:9088;")
+            .replace("server 127.0.0.1:8080;", "server 127.0.0.1:9080;")
+    );
+}
+
+#[test]
 fn the_local_variant_streams_without_tls() {
     let topology = default_topology();
     let text = nginx::render_nginx(&topology.site, 8080, nginx::Variant::Local);
