@@ -8,7 +8,7 @@
 use std::net::IpAddr;
 
 use http::HeaderMap;
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderName, HeaderValue};
 use ipnet::IpNet;
 
 /// Headers that belong to one connection and are never forwarded.
@@ -153,6 +153,8 @@ pub struct Forwarding {
     pub request_id: HeaderValue,
     /// `Some(protocol)` for a WebSocket (or other) upgrade, which keeps its `Upgrade` headers.
     pub upgrade: Option<HeaderValue>,
+    /// The chosen instance's `host:port`: the upstream request's `Host`.
+    pub upstream_host: HeaderValue,
 }
 
 /// Rewrites a client request's headers into the upstream request's headers.
@@ -182,16 +184,16 @@ pub fn upstream_request_headers(headers: &mut HeaderMap, forwarding: &Forwarding
     if let Some(forwarded_for) = forwarded_for {
         headers.insert(X_FORWARDED_FOR, forwarded_for);
     }
-    if !headers.contains_key(&X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-    }
-    if !headers.contains_key(&X_FORWARDED_HOST)
-        && let Some(host) = headers.get(header::HOST).cloned()
+    headers
+        .entry(X_FORWARDED_PROTO)
+        .or_insert(HeaderValue::from_static("http"));
+    // The client's Host named the gateway; the upstream gets its own.
+    let client_host = headers.insert(header::HOST, forwarding.upstream_host.clone());
+    if let Some(host) = client_host
+        && let Entry::Vacant(slot) = headers.entry(X_FORWARDED_HOST)
     {
-        headers.insert(X_FORWARDED_HOST, host);
+        slot.insert(host);
     }
-    // The client's Host named the gateway; the upstream gets its own (hyper sets it from the URI).
-    headers.remove(header::HOST);
     let real_ip = if forwarding.client == peer.address {
         peer.header.clone()
     } else {
@@ -270,6 +272,7 @@ mod tests {
             peer,
             request_id: HeaderValue::from_static("abc"),
             upgrade: None,
+            upstream_host: HeaderValue::from_static("api:8000"),
         };
         upstream_request_headers(&mut h, &forwarding);
         for gone in [
@@ -278,10 +281,10 @@ mod tests {
             "keep-alive",
             "te",
             "x-cairn-user",
-            "host",
         ] {
             assert!(!h.contains_key(gone), "{gone} kept: {h:?}");
         }
+        assert_eq!(h["host"], "api:8000");
         assert_eq!(h["x-forwarded-for"], "5.6.7.8");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "example.com");

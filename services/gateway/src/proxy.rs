@@ -73,6 +73,7 @@ pub async fn forward(
         client,
         request_id: request_id.clone(),
         upgrade: forwarding::requested_upgrade(request.headers()),
+        upstream_host: instance.connections.host().clone(),
     };
     let client_upgrade = forwarding
         .upgrade

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use http::header::{HOST, HeaderValue};
+use http::header::HeaderValue;
 use http::uri::Authority;
 use http_body_util::Limited;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -71,13 +71,18 @@ impl Connections {
         }
     }
 
-    /// Sends `request` (origin-form URI) on an idle connection of this worker, or on a new one.
-    /// The response's body hands the connection back when it has been read to the end.
+    /// The instance's `host:port` as the `Host` its requests carry.
+    pub fn host(&self) -> &HeaderValue {
+        &self.host
+    }
+
+    /// Sends `request` (origin-form URI, `Host` set to `host()`) on an idle connection of this
+    /// worker, or on a new one. The response's body hands the connection back when it has been
+    /// read to the end.
     pub async fn send(
         &self,
         mut request: http::Request<OutgoingBody>,
     ) -> Result<http::Response<ReturningBody>, UpstreamError> {
-        request.headers_mut().insert(HOST, self.host.clone());
         let stack = &self.idle[worker_slot().min(self.idle.len() - 1)];
         while let Some(mut sender) = take_idle(stack) {
             if sender.ready().await.is_err() {
