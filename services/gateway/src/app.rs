@@ -1,10 +1,10 @@
-//! Wiring: the shared state, the router (the gateway's own routes, then the proxy as the
-//! fallback, all behind the request observer), the background tasks (active health checks,
-//! rate-limit housekeeping, metrics upkeep), and serving with a bounded drain on shutdown.
+//! Wiring: the shared state, the router of the gateway's own routes (`dispatch` sends
+//! everything else to the proxy), the background tasks (active health checks, rate-limit
+//! housekeeping, metrics upkeep), and serving with a bounded drain on shutdown.
 //!
 //! Threads: like nginx's workers, `GATEWAY_WORKERS` threads each run a single-threaded runtime
 //! that accepts on its own `SO_REUSEPORT` socket of the listening port and serves its connections start to end, with
-//! its own upstream clients (`Pool::client`). Measured on 2 cores this beat tokio's work-stealing
+//! its own upstream connections (`upstream::Connections`). Measured on 2 cores this beat tokio's work-stealing
 //! runtime by a wide margin: a proxied request wakes two tasks per hop, and cross-thread wake-ups
 //! dominated. The main thread runs the signal handler and the background tasks.
 //!
@@ -17,7 +17,6 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::routing::get;
-use axum::serve::ListenerExt;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use ipnet::IpNet;
@@ -25,10 +24,12 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
 use crate::config::Config;
+use crate::dispatch::Gateway;
 use crate::edge_auth::Verifier;
 use crate::pool::{Pool, Service, upstream_client};
 use crate::rate_limit::RateLimits;
-use crate::{health, health_check, observe, proxy};
+use crate::server::stopped;
+use crate::{health, health_check, observe, server};
 
 /// What every handler shares.
 pub struct AppState {
@@ -72,17 +73,16 @@ impl AppState {
     }
 }
 
-pub fn router(state: Arc<AppState>, metrics: PrometheusHandle) -> Router {
+/// The gateway's own routes; `dispatch` sends only these paths here.
+pub fn own_routes(state: Arc<AppState>, metrics: PrometheusHandle) -> Router {
     let metrics_routes = Router::new()
         .route("/metrics", get(observe::metrics_route))
         .with_state(metrics);
     Router::new()
         .route("/api/health", get(health::gateway_health))
         .route("/api/health/all", get(health::all_health))
-        .fallback(proxy::forward)
         .with_state(state)
         .merge(metrics_routes)
-        .layer(axum::middleware::from_fn(observe::observe))
 }
 
 /// Why serving failed.
@@ -108,15 +108,18 @@ pub fn serve(config: Config, metrics: PrometheusHandle) -> Result<(), ServeError
     // A plain bind first: it fails when anyone holds the port, even with SO_REUSEPORT.
     drop(std::net::TcpListener::bind(address).map_err(bind_error)?);
     let state = Arc::new(AppState::new(&config));
-    let app = router(Arc::clone(&state), metrics.clone());
+    let gateway = Arc::new(Gateway {
+        state: Arc::clone(&state),
+        own_routes: own_routes(Arc::clone(&state), metrics.clone()),
+    });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut workers = Vec::new();
     for index in 0..config.workers {
         let listener = reuseport_listener(address).map_err(bind_error)?;
-        let (app, stop, drain) = (app.clone(), stop_rx.clone(), config.drain_timeout);
+        let (gateway, stop, drain) = (Arc::clone(&gateway), stop_rx.clone(), config.drain_timeout);
         let worker = std::thread::Builder::new()
             .name(format!("gateway-worker-{index}"))
-            .spawn(move || run_worker(index, listener, app, stop, drain))
+            .spawn(move || run_worker(index, listener, gateway, stop, drain))
             .map_err(|source| ServeError::Serve { address, source })?;
         workers.push(worker);
     }
@@ -173,11 +176,11 @@ fn single_threaded_runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
-/// One worker: accepts on the shared socket and serves its connections on its own runtime.
+/// One worker: accepts on its own socket and serves its connections on its own runtime.
 fn run_worker(
     index: usize,
     listener: std::net::TcpListener,
-    app: Router,
+    gateway: Arc<Gateway>,
     stop: tokio::sync::watch::Receiver<bool>,
     drain: Duration,
 ) -> Result<(), ServeError> {
@@ -189,26 +192,16 @@ fn run_worker(
     let runtime = single_threaded_runtime().map_err(serve_error)?;
     runtime.block_on(async move {
         let listener = TcpListener::from_std(listener).map_err(serve_error)?;
-        // Small request/response exchanges: never let Nagle hold a reply back.
-        let listener = listener.tap_io(|stream| {
-            let _ = stream.set_nodelay(true);
-        });
-        let service = app.into_make_service_with_connect_info::<SocketAddr>();
-        let server = axum::serve(listener, service).with_graceful_shutdown(stopped(stop.clone()));
-        let deadline = async move {
-            stopped(stop).await;
+        let deadline = async {
+            stopped(stop.clone()).await;
             tokio::time::sleep(drain).await;
         };
         tokio::select! {
-            result = server.into_future() => result.map_err(serve_error)?,
+            () = server::serve(listener, gateway, stop.clone()) => {}
             () = deadline => tracing::warn!(?drain, worker = index, "drain deadline passed; closing the streams still open"),
         }
         Ok(())
     })
-}
-
-async fn stopped(mut stop: tokio::sync::watch::Receiver<bool>) {
-    let _ = stop.wait_for(|stop| *stop).await;
 }
 
 fn urls(pool: &Pool) -> Vec<String> {

@@ -8,20 +8,20 @@
 use std::net::IpAddr;
 
 use http::HeaderMap;
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderName, HeaderValue};
 use ipnet::IpNet;
 
 /// Headers that belong to one connection and are never forwarded.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
 
 /// Headers the gateway sets for upstreams; a client sending one is dropped, never trusted.
@@ -37,11 +37,13 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 const X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
 
-/// Who sent a request: the TCP peer, and whether the peer is a proxy we trust (nginx).
-#[derive(Debug, Clone, Copy)]
+/// Who sent a request: the TCP peer, whether the peer is a proxy we trust (nginx), and its
+/// address as a header value. Worked out once per connection.
+#[derive(Debug, Clone)]
 pub struct Peer {
     pub address: IpAddr,
     pub trusted: bool,
+    pub header: HeaderValue,
 }
 
 impl Peer {
@@ -50,8 +52,13 @@ impl Peer {
         Peer {
             address,
             trusted: trusted_proxies.iter().any(|net| net.contains(&address)),
+            header: ip_header(address),
         }
     }
+}
+
+fn ip_header(address: IpAddr) -> HeaderValue {
+    HeaderValue::from_str(&address.to_string()).unwrap_or(HeaderValue::from_static("unknown"))
 }
 
 fn canonical(address: IpAddr) -> IpAddr {
@@ -63,7 +70,7 @@ fn canonical(address: IpAddr) -> IpAddr {
 
 /// The client's IP: the peer, unless the peer is a trusted proxy, in which case the right-most
 /// `X-Forwarded-For` entry that is not itself a trusted proxy.
-pub fn client_ip(peer: Peer, headers: &HeaderMap, trusted_proxies: &[IpNet]) -> IpAddr {
+pub fn client_ip(peer: &Peer, headers: &HeaderMap, trusted_proxies: &[IpNet]) -> IpAddr {
     if !peer.trusted {
         return peer.address;
     }
@@ -97,19 +104,37 @@ pub fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
         .flatten()
 }
 
+/// Removes the hop-by-hop headers and the ones `Connection` names. One pass over the names
+/// finds which are present, so the common request without any costs no lookups; the tokens
+/// every keep-alive exchange carries (`keep-alive`, `close`) need no name of their own.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let listed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
+    let mut listed = Vec::new();
+    for value in headers.get_all(header::CONNECTION) {
+        let tokens = value.to_str().ok().into_iter().flat_map(|v| v.split(','));
+        for token in tokens.map(str::trim) {
+            let known = token.is_empty()
+                || token.eq_ignore_ascii_case("close")
+                || HOP_BY_HOP
+                    .iter()
+                    .any(|name| token.eq_ignore_ascii_case(name.as_str()));
+            if !known && let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                listed.push(name);
+            }
+        }
+    }
     for name in listed {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
-        headers.remove(*name);
+    let mut present = 0u16;
+    for name in headers.keys() {
+        if let Some(index) = HOP_BY_HOP.iter().position(|hop| hop == name) {
+            present |= 1 << index;
+        }
+    }
+    for (index, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << index) != 0 {
+            headers.remove(name);
+        }
     }
 }
 
@@ -128,6 +153,8 @@ pub struct Forwarding {
     pub request_id: HeaderValue,
     /// `Some(protocol)` for a WebSocket (or other) upgrade, which keeps its `Upgrade` headers.
     pub upgrade: Option<HeaderValue>,
+    /// The chosen instance's `host:port`: the upstream request's `Host`.
+    pub upstream_host: HeaderValue,
 }
 
 /// Rewrites a client request's headers into the upstream request's headers.
@@ -141,28 +168,38 @@ pub fn upstream_request_headers(headers: &mut HeaderMap, forwarding: &Forwarding
     for name in internal {
         headers.remove(name);
     }
-    let peer = forwarding.peer;
-    let peer_text = peer.address.to_string();
+    // Room for the headers set below, so the map grows once at most.
+    headers.reserve(6);
+    let peer = &forwarding.peer;
     let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(chain) if peer.trusted => format!("{chain}, {peer_text}"),
-        _ => peer_text,
+        Some(chain) if peer.trusted => {
+            HeaderValue::from_str(&format!("{chain}, {}", peer.address)).ok()
+        }
+        _ => Some(peer.header.clone()),
     };
     if !peer.trusted {
         headers.remove(&X_FORWARDED_PROTO);
         headers.remove(&X_FORWARDED_HOST);
     }
-    set(headers, X_FORWARDED_FOR, &forwarded_for);
-    if !headers.contains_key(&X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    if let Some(forwarded_for) = forwarded_for {
+        headers.insert(X_FORWARDED_FOR, forwarded_for);
     }
-    if !headers.contains_key(&X_FORWARDED_HOST)
-        && let Some(host) = headers.get(header::HOST).cloned()
+    headers
+        .entry(X_FORWARDED_PROTO)
+        .or_insert(HeaderValue::from_static("http"));
+    // The client's Host named the gateway; the upstream gets its own.
+    let client_host = headers.insert(header::HOST, forwarding.upstream_host.clone());
+    if let Some(host) = client_host
+        && let Entry::Vacant(slot) = headers.entry(X_FORWARDED_HOST)
     {
-        headers.insert(X_FORWARDED_HOST, host);
+        slot.insert(host);
     }
-    // The client's Host named the gateway; the upstream gets its own (hyper sets it from the URI).
-    headers.remove(header::HOST);
-    set(headers, X_REAL_IP, &forwarding.client.to_string());
+    let real_ip = if forwarding.client == peer.address {
+        peer.header.clone()
+    } else {
+        ip_header(forwarding.client)
+    };
+    headers.insert(X_REAL_IP, real_ip);
     headers.insert(REQUEST_ID, forwarding.request_id.clone());
     restore_upgrade(headers, forwarding.upgrade.clone());
 }
@@ -182,12 +219,6 @@ pub fn client_response_headers(
         .is_some_and(|v| v.trim_start().starts_with("text/event-stream"));
     if is_event_stream {
         headers.insert(X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
-    }
-}
-
-fn set(headers: &mut HeaderMap, name: HeaderName, value: &str) {
-    if let Ok(value) = HeaderValue::from_str(value) {
-        headers.insert(name, value);
     }
 }
 
@@ -215,11 +246,11 @@ mod tests {
         let trusted = nets(&["10.0.0.0/8"]);
         let h = headers(&[("x-forwarded-for", "1.2.3.4, 10.0.0.7")]);
         let nginx = Peer::new("10.0.0.5".parse().expect("ip"), &trusted);
-        assert_eq!(client_ip(nginx, &h, &trusted).to_string(), "1.2.3.4");
+        assert_eq!(client_ip(&nginx, &h, &trusted).to_string(), "1.2.3.4");
         let stranger = Peer::new("5.6.7.8".parse().expect("ip"), &trusted);
-        assert_eq!(client_ip(stranger, &h, &trusted).to_string(), "5.6.7.8");
+        assert_eq!(client_ip(&stranger, &h, &trusted).to_string(), "5.6.7.8");
         let spoofed = headers(&[("x-forwarded-for", "9.9.9.9, 1.2.3.4")]);
-        assert_eq!(client_ip(nginx, &spoofed, &trusted).to_string(), "1.2.3.4");
+        assert_eq!(client_ip(&nginx, &spoofed, &trusted).to_string(), "1.2.3.4");
     }
 
     #[test]
@@ -237,10 +268,11 @@ mod tests {
         ]);
         let peer = Peer::new("5.6.7.8".parse().expect("ip"), &[]);
         let forwarding = Forwarding {
-            peer,
             client: peer.address,
+            peer,
             request_id: HeaderValue::from_static("abc"),
             upgrade: None,
+            upstream_host: HeaderValue::from_static("api:8000"),
         };
         upstream_request_headers(&mut h, &forwarding);
         for gone in [
@@ -249,10 +281,10 @@ mod tests {
             "keep-alive",
             "te",
             "x-cairn-user",
-            "host",
         ] {
             assert!(!h.contains_key(gone), "{gone} kept: {h:?}");
         }
+        assert_eq!(h["host"], "api:8000");
         assert_eq!(h["x-forwarded-for"], "5.6.7.8");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "example.com");

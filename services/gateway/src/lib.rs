@@ -54,6 +54,7 @@
 
 pub mod app;
 pub mod config;
+pub mod dispatch;
 pub mod edge_auth;
 pub mod error;
 pub mod forwarding;
@@ -63,3 +64,5 @@ pub mod observe;
 pub mod pool;
 pub mod proxy;
 pub mod rate_limit;
+pub mod server;
+pub mod upstream;

@@ -6,21 +6,14 @@
 
 use std::time::{Duration, Instant};
 
-use axum::extract::{Request, State};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::extract::State;
+use axum::response::IntoResponse;
 use http::header::{CONTENT_TYPE, HeaderValue};
+use http::{Method, Request, Response};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use tracing::Instrument;
-
-use crate::forwarding::REQUEST_ID;
 
 /// The longest client-supplied request id the gateway keeps.
 const MAX_REQUEST_ID: usize = 128;
-
-/// The request's id, in its extensions for handlers.
-#[derive(Debug, Clone)]
-pub struct RequestId(pub HeaderValue);
 
 /// A sane client id is 1..=128 visible ASCII characters; anything else is replaced.
 pub fn accept_or_generate(supplied: Option<&HeaderValue>) -> HeaderValue {
@@ -33,8 +26,11 @@ pub fn accept_or_generate(supplied: Option<&HeaderValue>) -> HeaderValue {
         })
         .cloned()
         .unwrap_or_else(|| {
-            let id = uuid::Uuid::new_v4();
-            HeaderValue::from_str(&id.to_string()).unwrap_or(HeaderValue::from_static("invalid"))
+            let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+            uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text);
+            // One allocation shared by every copy of the id (request, upstream, response).
+            HeaderValue::from_maybe_shared(hyper::body::Bytes::from_owner(text))
+                .unwrap_or(HeaderValue::from_static("invalid"))
         })
 }
 
@@ -49,32 +45,44 @@ pub fn route_label(path: &str) -> &'static str {
     }
 }
 
-/// The middleware around every route.
-pub async fn observe(mut request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let id = accept_or_generate(request.headers().get(&REQUEST_ID));
-    request.headers_mut().insert(REQUEST_ID, id.clone());
-    request.extensions_mut().insert(RequestId(id.clone()));
-    let method = request.method().clone();
-    let path = request.uri().path().to_owned();
-    let span = tracing::info_span!("request", request_id = %String::from_utf8_lossy(id.as_bytes()));
-    async move {
-        let mut response = next.run(request).await;
-        response.headers_mut().insert(REQUEST_ID, id);
-        let status = response.status().as_u16();
-        let elapsed = started.elapsed();
-        record(route_label(&path), status, elapsed);
-        tracing::info!(
-            method = %method,
-            path,
-            status,
-            latency_ms = elapsed.as_secs_f64() * 1000.0,
-            "request"
-        );
-        response
+/// What is kept of a request until its response is recorded: when it started, its route
+/// label, and the method and path for the log line (only taken when info lines are on).
+pub struct Observation {
+    started: Instant,
+    route: &'static str,
+    logged: Option<(Method, String)>,
+}
+
+impl Observation {
+    pub fn start<B>(request: &Request<B>) -> Self {
+        let logged = tracing::enabled!(tracing::Level::INFO)
+            .then(|| (request.method().clone(), request.uri().path().to_owned()));
+        Observation {
+            started: Instant::now(),
+            route: route_label(request.uri().path()),
+            logged,
+        }
     }
-    .instrument(span)
-    .await
+
+    pub fn route(&self) -> &'static str {
+        self.route
+    }
+
+    /// Counts the request, records its duration and writes its log line.
+    pub fn finish<B>(self, response: &Response<B>) {
+        let status = response.status().as_u16();
+        let elapsed = self.started.elapsed();
+        record(self.route, status, elapsed);
+        if let Some((method, path)) = self.logged {
+            tracing::info!(
+                method = %method,
+                path,
+                status,
+                latency_ms = elapsed.as_secs_f64() * 1000.0,
+                "request"
+            );
+        }
+    }
 }
 
 const ROUTES: [&str; 5] = ["api", "inference", "health", "metrics", "other"];
@@ -142,7 +150,7 @@ pub fn install_metrics() -> Result<PrometheusHandle, String> {
 }
 
 /// `GET /metrics`.
-pub async fn metrics_route(State(handle): State<PrometheusHandle>) -> Response {
+pub async fn metrics_route(State(handle): State<PrometheusHandle>) -> axum::response::Response {
     (
         [(CONTENT_TYPE, "text/plain; version=0.0.4")],
         handle.render(),

@@ -2,9 +2,9 @@
 //! the healthy ones. The health state machine (`HealthState::record`) is pure; active probing
 //! lives in `health_check`, passive ejection is called by `proxy` on connect errors.
 //!
-//! The gateway runs one single-threaded runtime per worker thread (see `app`); a pool keeps one
-//! HTTP client per worker so that a request reuses connections driven by its own thread's
-//! runtime and never wakes another thread.
+//! The gateway runs one single-threaded runtime per worker thread (see `app`); each instance
+//! keeps its upstream connections per worker (`upstream::Connections`) so that a request reuses
+//! connections driven by its own thread's runtime and never wakes another thread.
 //!
 //! A pool must never build requests or know about routes.
 
@@ -19,6 +19,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use crate::config::{HealthCheckConfig, PoolConfig, Upstream};
+use crate::upstream::Connections;
 
 /// Which service a pool fronts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,18 +91,19 @@ impl HealthState {
     }
 }
 
-/// One upstream instance and its health.
-#[derive(Debug)]
+/// One upstream instance, its connections and its health.
 pub struct Instance {
     pub upstream: Upstream,
+    pub connections: Connections,
     /// Read on every request without a lock; written under `state`'s lock.
     healthy: AtomicBool,
     state: Mutex<HealthState>,
 }
 
 impl Instance {
-    fn new(upstream: Upstream) -> Self {
+    fn new(upstream: Upstream, connect_timeout: Duration, workers: usize) -> Self {
         Instance {
+            connections: Connections::new(&upstream.authority, connect_timeout, workers),
             upstream,
             healthy: AtomicBool::new(true),
             state: Mutex::new(HealthState::STARTING),
@@ -125,12 +127,12 @@ impl Instance {
     }
 }
 
-/// One service's instances, the HTTP client that reaches them, and its timeouts.
+/// One service's instances, the HTTP client that probes them, and its timeouts.
 pub struct Pool {
     pub service: Service,
     pub instances: Vec<Instance>,
-    /// One per worker thread, then one for every other thread (health checks).
-    clients: Vec<Client<HttpConnector, Body>>,
+    /// The active health checks' client (requests use `Instance::connections`).
+    probe_client: Client<HttpConnector, Body>,
     pub health_path: String,
     pub critical: bool,
     pub response_timeout: Duration,
@@ -155,11 +157,9 @@ impl Pool {
                 .upstreams
                 .iter()
                 .cloned()
-                .map(Instance::new)
+                .map(|upstream| Instance::new(upstream, config.connect_timeout, workers))
                 .collect(),
-            clients: (0..=workers)
-                .map(|_| upstream_client(config.connect_timeout))
-                .collect(),
+            probe_client: upstream_client(config.connect_timeout),
             health_path: config.health_path.clone(),
             critical: config.critical,
             response_timeout: config.response_timeout,
@@ -168,10 +168,9 @@ impl Pool {
         }
     }
 
-    /// The client of the calling thread's worker (or the shared one off the workers).
+    /// The client of the active health checks.
     pub fn client(&self) -> &Client<HttpConnector, Body> {
-        let index = WORKER.with(Cell::get).min(self.clients.len() - 1);
-        &self.clients[index]
+        &self.probe_client
     }
 
     /// The next healthy instance in round-robin order, or `None` when nobody is healthy.
@@ -218,6 +217,11 @@ thread_local! {
 /// Marks the calling thread as worker `index`; call first thing on each worker thread.
 pub fn set_worker_index(index: usize) {
     WORKER.with(|worker| worker.set(index));
+}
+
+/// The calling thread's worker index, or `usize::MAX` off the workers.
+pub fn worker_slot() -> usize {
+    WORKER.with(Cell::get)
 }
 
 /// A keep-alive HTTP/1 client with the pool's connect timeout.

@@ -5,23 +5,20 @@
 //!
 //! It must never parse configuration or render errors itself (that is `error`).
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Request, State};
 use axum::response::Response;
 use http::header::{AUTHORIZATION, CONTENT_LENGTH, HeaderValue};
 use http::{StatusCode, Uri};
-use http_body_util::{LengthLimitError, Limited};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tracing::Instrument;
 
 use crate::app::AppState;
 use crate::error::{GatewayError, chain_has, chain_has_io, describe};
 use crate::forwarding::{self, Forwarding, Peer, USER_HEADER};
-use crate::observe::{RequestId, accept_or_generate};
 use crate::pool::{Instance, Pool, Service};
+use crate::upstream::{OutgoingBody, ReturningBody, UpstreamError};
 
 /// The service a path belongs to; `None` is a 404.
 pub fn route(path: &str) -> Option<Service> {
@@ -38,15 +35,16 @@ pub fn route(path: &str) -> Option<Service> {
     }
 }
 
-/// The fallback handler: everything that is not the gateway's own route.
+/// Forwards everything that is not the gateway's own route; `request_id` is the one `observe`
+/// settled on.
 pub async fn forward(
-    State(state): State<Arc<AppState>>,
-    ConnectInfo(peer_address): ConnectInfo<SocketAddr>,
-    mut request: Request,
+    state: &AppState,
+    peer: &Peer,
+    request_id: &HeaderValue,
+    mut request: http::Request<Incoming>,
 ) -> Result<Response, GatewayError> {
     let path = request.uri().path();
     let service = route(path).ok_or_else(|| GatewayError::NotFound(path.to_owned()))?;
-    let peer = Peer::new(peer_address.ip(), &state.trusted_proxies);
     let client = forwarding::client_ip(peer, request.headers(), &state.trusted_proxies);
     state.rate_limits.check(client, path).map_err(|refusal| {
         metrics::counter!("gateway_rate_limited_total", "bucket" => refusal.bucket.name())
@@ -60,27 +58,28 @@ pub async fn forward(
         Service::Inference => Some(state.verifier.verify(request.headers())?),
         Service::Api => None,
     };
-    check_declared_length(&request, state.max_body_bytes)?;
+    if declared_length(&request).is_some_and(|length| length > state.max_body_bytes) {
+        discard_rest(request.into_body()).await;
+        return Err(GatewayError::PayloadTooLarge {
+            limit: state.max_body_bytes,
+        });
+    }
     let pool = state.pool(service);
     let instance = pool.pick().ok_or(GatewayError::NoHealthyUpstream {
         service: service.name(),
     })?;
-    let request_id = request
-        .extensions()
-        .get::<RequestId>()
-        .map(|id| id.0.clone())
-        .unwrap_or_else(|| accept_or_generate(None));
     let forwarding = Forwarding {
-        peer,
+        peer: peer.clone(),
         client,
         request_id: request_id.clone(),
         upgrade: forwarding::requested_upgrade(request.headers()),
+        upstream_host: instance.connections.host().clone(),
     };
     let client_upgrade = forwarding
         .upgrade
         .is_some()
         .then(|| hyper::upgrade::on(&mut request));
-    let mut outgoing = upstream_request(request, instance, &forwarding, state.max_body_bytes)?;
+    let mut outgoing = upstream_request(request, &forwarding, state.max_body_bytes);
     if let Some(caller) = caller {
         // The credential stays at the edge; inference learns who called from x-cairn-user.
         outgoing.headers_mut().remove(AUTHORIZATION);
@@ -96,60 +95,70 @@ pub async fn forward(
         }
         _ => None,
     };
-    forwarding::client_response_headers(response.headers_mut(), &request_id, upgrade);
+    forwarding::client_response_headers(response.headers_mut(), request_id, upgrade);
     Ok(response.map(Body::new))
 }
 
-fn check_declared_length(request: &Request, limit: u64) -> Result<(), GatewayError> {
-    let declared = request
+fn declared_length<B>(request: &http::Request<B>) -> Option<u64> {
+    request
         .headers()
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    match declared {
-        Some(length) if length > limit => Err(GatewayError::PayloadTooLarge { limit }),
-        _ => Ok(()),
-    }
+        .and_then(|v| v.parse::<u64>().ok())
 }
 
+/// How much of a refused body is read and thrown away before the 413 goes out, and for how
+/// long. Answering while the client is still sending makes the kernel reset the connection when
+/// it is closed with unread data, and the client then never sees the 413 (nginx's "lingering
+/// close" exists for the same reason; the api does the same). Past these bounds the connection
+/// is simply closed.
+const DISCARD_BYTES: usize = 64 * 1024 * 1024;
+const DISCARD_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Reads and drops what is left of a refused body, within `DISCARD_BYTES` and `DISCARD_TIME`.
+async fn discard_rest(mut body: Incoming) {
+    let drain = async {
+        let mut seen = 0usize;
+        while let Some(Ok(frame)) = body.frame().await {
+            seen += frame.data_ref().map_or(0, |data| data.len());
+            if seen > DISCARD_BYTES {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DISCARD_TIME, drain).await;
+}
+
+/// The client's request rewritten for the upstream: origin-form URI (the connection already
+/// names the instance), HTTP/1.1, forwarding headers, the body bounded by the body limit.
 fn upstream_request(
-    request: Request,
-    instance: &Instance,
+    request: http::Request<Incoming>,
     forwarding: &Forwarding,
     max_body_bytes: u64,
-) -> Result<http::Request<Body>, GatewayError> {
+) -> http::Request<OutgoingBody> {
     let (mut parts, body) = request.into_parts();
-    let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    parts.uri = Uri::builder()
-        .scheme("http")
-        .authority(instance.upstream.authority.clone())
-        .path_and_query(path_and_query)
-        .build()
-        .map_err(|err| GatewayError::UpstreamFailed {
-            service: "gateway",
-            upstream: instance.upstream.url(),
-            detail: format!("building the upstream URI: {err}"),
-        })?;
+    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+        // An absolute-form request line (`GET http://host/path`): forward only its path.
+        let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        parts.uri = Uri::try_from(path_and_query).unwrap_or_else(|_| Uri::from_static("/"));
+    }
     parts.version = http::Version::HTTP_11;
     parts.extensions = http::Extensions::new();
     forwarding::upstream_request_headers(&mut parts.headers, forwarding);
     let limit = usize::try_from(max_body_bytes).unwrap_or(usize::MAX);
-    Ok(http::Request::from_parts(
-        parts,
-        Body::new(Limited::new(body, limit)),
-    ))
+    http::Request::from_parts(parts, Limited::new(body, limit))
 }
 
 async fn send(
     pool: &Pool,
     instance: &Instance,
-    outgoing: http::Request<Body>,
+    outgoing: http::Request<OutgoingBody>,
     max_body_bytes: u64,
-) -> Result<http::Response<hyper::body::Incoming>, GatewayError> {
+) -> Result<http::Response<ReturningBody>, GatewayError> {
     let service = pool.service.name();
     let upstream = || instance.upstream.url();
     let timeout = pool.response_timeout;
-    let result = tokio::time::timeout(timeout, pool.client().request(outgoing)).await;
+    let result = tokio::time::timeout(timeout, instance.connections.send(outgoing)).await;
     let err = match result {
         Ok(Ok(response)) => return Ok(response),
         Ok(Err(err)) => err,
@@ -168,43 +177,49 @@ async fn send(
         }
     };
     let detail = describe(&err);
-    if chain_has::<LengthLimitError>(&err) {
-        return Err(GatewayError::PayloadTooLarge {
-            limit: max_body_bytes,
-        });
-    }
-    if err.is_connect() {
-        pool.eject(instance);
-        tracing::warn!(
-            service,
-            upstream = upstream(),
-            error = detail,
-            "upstream connect failed"
-        );
-        if chain_has_io(&err, std::io::ErrorKind::TimedOut) {
-            return Err(GatewayError::UpstreamTimeout {
+    match err {
+        UpstreamError::Exchange(err) if chain_has::<LengthLimitError>(&err) => {
+            Err(GatewayError::PayloadTooLarge {
+                limit: max_body_bytes,
+            })
+        }
+        UpstreamError::Connect(_) | UpstreamError::ConnectTimeout(_) => {
+            pool.eject(instance);
+            tracing::warn!(
+                service,
+                upstream = upstream(),
+                error = detail,
+                "upstream connect failed"
+            );
+            if matches!(err, UpstreamError::ConnectTimeout(_))
+                || chain_has_io(&err, std::io::ErrorKind::TimedOut)
+            {
+                return Err(GatewayError::UpstreamTimeout {
+                    service,
+                    upstream: upstream(),
+                    timeout,
+                });
+            }
+            Err(GatewayError::UpstreamConnect {
                 service,
                 upstream: upstream(),
-                timeout,
-            });
+                detail,
+            })
         }
-        return Err(GatewayError::UpstreamConnect {
-            service,
-            upstream: upstream(),
-            detail,
-        });
+        UpstreamError::Exchange(_) => {
+            tracing::warn!(
+                service,
+                upstream = upstream(),
+                error = detail,
+                "upstream request failed"
+            );
+            Err(GatewayError::UpstreamFailed {
+                service,
+                upstream: upstream(),
+                detail,
+            })
+        }
     }
-    tracing::warn!(
-        service,
-        upstream = upstream(),
-        error = detail,
-        "upstream request failed"
-    );
-    Err(GatewayError::UpstreamFailed {
-        service,
-        upstream: upstream(),
-        detail,
-    })
 }
 
 /// Joins the client's and the upstream's upgraded connections and copies bytes both ways.

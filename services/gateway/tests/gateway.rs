@@ -371,6 +371,31 @@ async fn rate_limits_and_body_limit() {
     );
 }
 
+/// A declared body far over the limit is refused before it is forwarded, and the client sees
+/// the 413: answering while the client still sends, then closing with unread data, makes the
+/// kernel reset the connection and the answer is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversize_body_gets_its_413_not_a_reset() {
+    let api = Upstream::start("api").await;
+    let port = testkit::free_port();
+    let mut command = gateway_command(port, &[api.url()], &[api.url()]);
+    command.env("GATEWAY_MAX_BODY_BYTES", "1024");
+    let gw = start("oversize", command).await;
+    for attempt in 1..=3 {
+        let request = http::Request::post(gw.url("/api/upload"))
+            .body(Body::from(vec![b'x'; 8 * 1024 * 1024]))
+            .expect("req");
+        let answer = client().request(request).await.unwrap_or_else(|err| {
+            panic!("attempt {attempt}: the client saw an error instead of the 413: {err:?}")
+        });
+        assert_eq!(
+            answer.status(),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "attempt {attempt}"
+        );
+    }
+}
+
 /// Reads an SSE response, returning each event's arrival time.
 async fn event_arrivals(response: http::Response<hyper::body::Incoming>) -> Vec<(Instant, String)> {
     let mut body = response.into_body();
