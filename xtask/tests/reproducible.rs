@@ -48,7 +48,11 @@ fn worktree(repo: &Path, path: &Path) -> Worktree {
         .current_dir(path)
         .status()
         .expect("cargo update");
-    assert!(status.success(), "cargo update --workspace in {}", path.display());
+    assert!(
+        status.success(),
+        "cargo update --workspace in {}",
+        path.display()
+    );
     Worktree {
         repo: repo.to_owned(),
         path: path.to_owned(),
