@@ -118,25 +118,11 @@ pub fn describe(err: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-/// True when some error in the chain is of type `E` (or an I/O error of `kind`, see below).
+/// True when some error in the chain is of type `E`.
 pub fn chain_has<E: std::error::Error + 'static>(err: &(dyn std::error::Error + 'static)) -> bool {
     let mut current = Some(err);
     while let Some(e) = current {
         if e.is::<E>() {
-            return true;
-        }
-        current = e.source();
-    }
-    false
-}
-
-/// True when some error in the chain is an I/O error of `kind`.
-pub fn chain_has_io(err: &(dyn std::error::Error + 'static), kind: std::io::ErrorKind) -> bool {
-    let mut current = Some(err);
-    while let Some(e) = current {
-        if e.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == kind)
-        {
             return true;
         }
         current = e.source();

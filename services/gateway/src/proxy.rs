@@ -9,13 +9,13 @@ use axum::body::Body;
 use axum::response::Response;
 use http::header::{AUTHORIZATION, CONTENT_LENGTH, HeaderValue};
 use http::{StatusCode, Uri};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::{LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tracing::Instrument;
 
 use crate::app::AppState;
-use crate::error::{GatewayError, chain_has, chain_has_io, describe};
+use crate::error::{GatewayError, chain_has, describe};
 use crate::forwarding::{self, Forwarding, Peer, USER_HEADER};
 use crate::pool::{Instance, Pool, Service};
 use crate::upstream::{OutgoingBody, ReturningBody, UpstreamError};
@@ -59,7 +59,7 @@ pub async fn forward(
         Service::Api => None,
     };
     if declared_length(&request).is_some_and(|length| length > state.max_body_bytes) {
-        discard_rest(request.into_body()).await;
+        lifecycle::linger::discard_rest(request.into_body()).await;
         return Err(GatewayError::PayloadTooLarge {
             limit: state.max_body_bytes,
         });
@@ -105,28 +105,6 @@ fn declared_length<B>(request: &http::Request<B>) -> Option<u64> {
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
-}
-
-/// How much of a refused body is read and thrown away before the 413 goes out, and for how
-/// long. Answering while the client is still sending makes the kernel reset the connection when
-/// it is closed with unread data, and the client then never sees the 413 (nginx's "lingering
-/// close" exists for the same reason; the api does the same). Past these bounds the connection
-/// is simply closed.
-const DISCARD_BYTES: usize = 64 * 1024 * 1024;
-const DISCARD_TIME: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// Reads and drops what is left of a refused body, within `DISCARD_BYTES` and `DISCARD_TIME`.
-async fn discard_rest(mut body: Incoming) {
-    let drain = async {
-        let mut seen = 0usize;
-        while let Some(Ok(frame)) = body.frame().await {
-            seen += frame.data_ref().map_or(0, |data| data.len());
-            if seen > DISCARD_BYTES {
-                break;
-            }
-        }
-    };
-    let _ = tokio::time::timeout(DISCARD_TIME, drain).await;
 }
 
 /// The client's request rewritten for the upstream: origin-form URI (the connection already
@@ -191,9 +169,12 @@ async fn send(
                 error = detail,
                 "upstream connect failed"
             );
-            if matches!(err, UpstreamError::ConnectTimeout(_))
-                || chain_has_io(&err, std::io::ErrorKind::TimedOut)
-            {
+            let timed_out = match &err {
+                UpstreamError::ConnectTimeout(_) => true,
+                UpstreamError::Connect(io) => io.kind() == std::io::ErrorKind::TimedOut,
+                UpstreamError::Exchange(_) => false,
+            };
+            if timed_out {
                 return Err(GatewayError::UpstreamTimeout {
                     service,
                     upstream: upstream(),

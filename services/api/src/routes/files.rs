@@ -69,27 +69,6 @@ fn allowed_type(headers: &HeaderMap, allowed: &[String]) -> Result<String, ApiEr
     }
 }
 
-/// How much of a refused upload is read and thrown away before the 413 goes out, and for how
-/// long. Answering while the client is still sending makes the kernel reset the connection when
-/// it is closed with unread data, and the client then never sees the 413 (nginx's "lingering
-/// close" exists for the same reason). Past these bounds the connection is simply closed.
-const DISCARD_BYTES: usize = 64 * 1024 * 1024;
-const DISCARD_TIME: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// Reads and drops what is left of a refused body, within `DISCARD_BYTES` and `DISCARD_TIME`.
-async fn discard_rest(mut stream: axum::body::BodyDataStream) {
-    let drain = async {
-        let mut seen = 0usize;
-        while let Some(Ok(chunk)) = stream.next().await {
-            seen += chunk.len();
-            if seen > DISCARD_BYTES {
-                break;
-            }
-        }
-    };
-    let _ = tokio::time::timeout(DISCARD_TIME, drain).await;
-}
-
 /// Reads the whole body, failing with 413 as soon as it exceeds `limit` bytes.
 async fn read_limited(body: Body, limit: usize) -> Result<Vec<Bytes>, ApiError> {
     let too_large = || ApiError::PayloadTooLarge(format!("upload larger than {limit} bytes"));
@@ -106,7 +85,7 @@ async fn read_limited(body: Body, limit: usize) -> Result<Vec<Bytes>, ApiError> 
         })?;
         total += chunk.len();
         if total > limit {
-            discard_rest(stream).await;
+            lifecycle::linger::discard_rest(stream).await;
             return Err(too_large());
         }
         chunks.push(chunk);
@@ -130,7 +109,7 @@ pub async fn upload(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|length| length > limit) {
-        discard_rest(body.into_data_stream()).await;
+        lifecycle::linger::discard_rest(body.into_data_stream()).await;
         return Err(ApiError::PayloadTooLarge(format!(
             "upload larger than {limit} bytes"
         )));
