@@ -139,6 +139,41 @@ pub fn require_tool(program: &str, install: &str) -> Option<PathBuf> {
     }
 }
 
+/// The Docker CLI, when its engine answers. Like [`require_tool`]: under CI a missing CLI or an
+/// engine that does not answer `docker info` panics; elsewhere the test is skipped with a reason.
+pub fn require_docker() -> Option<PathBuf> {
+    let docker = require_tool("docker", "apt-get install docker.io")?;
+    let engine = std::process::Command::new(&docker)
+        .arg("info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    match engine {
+        true => Some(docker),
+        false if in_ci() => panic!("the Docker engine is not running (`docker info` fails)"),
+        false => {
+            eprintln!("SKIPPED: the Docker engine is not running");
+            None
+        }
+    }
+}
+
+/// True when the test may go on as root. Under CI a test that needs root panics when it is not
+/// (CI runs as root); elsewhere it prints why the test is skipped and returns false, and the
+/// test returns early. `needs` says what root is for ("runc", "a mount namespace").
+#[must_use]
+pub fn require_root(needs: &str) -> bool {
+    match is_root() {
+        true => true,
+        false if in_ci() => panic!("{needs} needs root, and CI runs as root"),
+        false => {
+            eprintln!("SKIPPED: {needs} needs root");
+            false
+        }
+    }
+}
+
 /// True when the process runs as root (runc, unshare and apt-get need it).
 pub fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")

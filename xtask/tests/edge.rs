@@ -343,12 +343,7 @@ fn nginx_gateway_and_api_stream_chat_events_one_by_one_and_tunnel_websockets() {
     ) else {
         return;
     };
-    if !testkit::is_root() {
-        assert!(
-            !testkit::in_ci(),
-            "the TLS variant needs root (mount namespace) under CI"
-        );
-        eprintln!("SKIPPED: the TLS variant needs root for its mount namespace");
+    if !testkit::require_root("the TLS variant's mount namespace") {
         return;
     }
     let etc = dir.path().join("etc-nginx");

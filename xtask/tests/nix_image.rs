@@ -120,13 +120,6 @@ fn assembler_arguments(values: &BTreeMap<&str, PathBuf>, with_cuda: bool) -> Vec
         .collect()
 }
 
-/// True once the assembler is part of xtask (the `image` subcommand, from the image branch).
-fn xtask_has_image_command() -> bool {
-    let help = run(Command::new(env!("CARGO_BIN_EXE_xtask")).arg("--help"));
-    help.lines()
-        .any(|line| line.trim_start().starts_with("image "))
-}
-
 #[test]
 fn the_flakes_assembler_command_turns_a_store_closure_into_an_image_skopeo_reads() {
     let (Some(patchelf), Some(skopeo), Some(umoci)) = (
@@ -138,18 +131,7 @@ fn the_flakes_assembler_command_turns_a_store_closure_into_an_image_skopeo_reads
     };
     let dir = scratch_dir("nix-image");
     let (store, binary) = store_like_closure(&dir, &patchelf);
-    if !xtask_has_image_command() {
-        eprintln!(
-            "SKIPPED: xtask has no `image` subcommand yet (the assembler lands from branch image)"
-        );
-        return;
-    }
-    if !testkit::is_root() {
-        assert!(
-            !testkit::in_ci(),
-            "CI runs as root: mounting the closure needs it"
-        );
-        eprintln!("SKIPPED: mounting the closure at /nix/store needs root");
+    if !testkit::require_root("mounting the closure at /nix/store") {
         return;
     }
     std::fs::create_dir_all(STORE).expect("create the /nix/store mount point");

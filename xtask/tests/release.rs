@@ -9,7 +9,7 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -171,19 +171,8 @@ fn release_to_a_registry_pins_what_the_registry_serves_and_repeats_as_a_no_op() 
 /// The Docker CLI and docker-compose, with a running engine; None (skipped) outside CI when one
 /// is missing, a failure under `CI=true`.
 fn docker_tools() -> Option<(PathBuf, PathBuf)> {
-    let docker = testkit::require_tool("docker", "apt-get install docker.io")?;
+    let docker = testkit::require_docker()?;
     let compose = testkit::require_tool("docker-compose", "apt-get install docker-compose")?;
-    let engine = Command::new(&docker)
-        .arg("info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|status| status.success());
-    if !engine {
-        assert!(!testkit::in_ci(), "the Docker engine is not running");
-        eprintln!("SKIPPED: the Docker engine is not running");
-        return None;
-    }
     Some((docker, compose))
 }
 
