@@ -295,6 +295,3 @@ fn display_relative(root: &Path, path: &Path) -> String {
 
 #[cfg(test)]
 mod tests;
-
-#[cfg(test)]
-mod live_nginx_tests;
