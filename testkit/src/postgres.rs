@@ -25,7 +25,7 @@ pub fn program(name: &str) -> Option<PathBuf> {
     if let Some(path) = crate::find_program(name) {
         return Some(path);
     }
-    let mut candidates: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+    let candidates: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
         .map(|entries| {
             entries
                 .filter_map(|e| e.ok().map(|e| e.path().join("bin").join(name)))
@@ -33,7 +33,12 @@ pub fn program(name: &str) -> Option<PathBuf> {
                 .collect()
         })
         .unwrap_or_default();
-    // Version directories sort as numbers only up to 9 -> 10; compare them numerically.
+    newest(candidates)
+}
+
+/// The program of the newest major version. Version directories sort as text only up to
+/// 9 -> 10, so they are compared as numbers.
+fn newest(mut candidates: Vec<PathBuf>) -> Option<PathBuf> {
     candidates.sort_by_key(|p| major_version(p));
     candidates.pop()
 }
@@ -214,7 +219,9 @@ impl Cluster {
 /// True when a server on 127.0.0.1:port accepts connections: `pg_isready` when installed (a
 /// server that is still starting up or recovering answers "no"), else a TCP connect.
 pub fn is_ready(port: u16) -> bool {
-    match program("pg_isready") {
+    // Asked every few milliseconds while a server starts: look the program up once.
+    static PG_ISREADY: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    match PG_ISREADY.get_or_init(|| program("pg_isready")) {
         Some(pg_isready) => Command::new(pg_isready)
             .args(["-q", "-h", "127.0.0.1", "-p", &port.to_string()])
             .args(["-U", "postgres", "-d", "postgres", "-t", "2"])
@@ -319,16 +326,16 @@ mod tests {
 
     #[test]
     fn newest_major_version_wins() {
-        let mut found = [
+        let found = vec![
             PathBuf::from("/usr/lib/postgresql/9.6/bin/initdb"),
             PathBuf::from("/usr/lib/postgresql/15/bin/initdb"),
             PathBuf::from("/usr/lib/postgresql/10/bin/initdb"),
         ];
-        found.sort_by_key(|p| major_version(p));
         assert_eq!(
-            found.last(),
-            Some(&PathBuf::from("/usr/lib/postgresql/15/bin/initdb"))
+            newest(found),
+            Some(PathBuf::from("/usr/lib/postgresql/15/bin/initdb"))
         );
+        assert_eq!(newest(Vec::new()), None);
     }
 
     #[test]

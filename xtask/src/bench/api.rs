@@ -42,10 +42,15 @@ pub struct ApiBenchArgs {
 }
 
 pub fn run(args: &ApiBenchArgs) -> Result<()> {
-    for tool in ["nginx", "wrk", "initdb", "postgres"] {
+    for tool in ["nginx", "wrk"] {
+        if testkit::find_program(tool).is_none() {
+            bail!("{tool} is missing: apt-get install -y {tool}");
+        }
+    }
+    for tool in ["initdb", "postgres"] {
         // PATH first, then Debian's PostgreSQL directory.
         if testkit::postgres::program(tool).is_none() {
-            bail!("{tool} is missing: apt-get install -y nginx wrk postgresql");
+            bail!("{tool} is missing: {}", testkit::postgres::INSTALL);
         }
     }
     let root = project::root();
