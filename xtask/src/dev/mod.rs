@@ -597,7 +597,7 @@ fn down(paths: &StatePaths) -> Result<()> {
     let left: Vec<u32> = current
         .all_pids()
         .into_iter()
-        .filter(|pid| state::is_alive(*pid))
+        .filter(|pid| state::is_alive_group_leader(*pid))
         .collect();
     if !left.is_empty() {
         for pid in &left {

@@ -109,14 +109,24 @@ pub fn read(paths: &StatePaths) -> Result<Option<StackState>> {
 
 /// True while `/proc/PID` exists and is not a zombie.
 pub fn is_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state is the field after the parenthesised command name.
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X"),
-        Err(_) => false,
-    }
+    stat_fields(pid).is_some_and(|(state, _)| state != "Z" && state != "X")
+}
+
+/// True while `pid` is alive and leads its own process group, as every process the supervisor
+/// starts (and the detached supervisor itself) does. A recorded pid that the kernel has since
+/// given to an unrelated process almost never leads a group, so `down` does not signal it.
+pub fn is_alive_group_leader(pid: u32) -> bool {
+    is_alive(pid) && stat_fields(pid).is_some_and(|(_, group)| group == pid)
+}
+
+/// The state and the process group of `pid`, from `/proc/PID/stat`: the fields after the
+/// parenthesised command name are `state ppid pgrp …`.
+fn stat_fields(pid: u32) -> Option<(String, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+    let state = fields.next()?.to_owned();
+    let group = fields.nth(1)?.parse().ok()?;
+    Some((state, group))
 }
 
 /// The running supervisor recorded in `paths`, if any.
@@ -160,5 +170,31 @@ mod tests {
     fn this_process_is_alive_and_a_free_pid_is_not() {
         assert!(is_alive(std::process::id()));
         assert!(!is_alive(u32::MAX - 1));
+    }
+
+    #[test]
+    fn a_process_in_its_own_group_leads_it_and_one_in_ours_does_not() {
+        use std::os::unix::process::CommandExt;
+        let mut own_group = std::process::Command::new("sleep")
+            .arg("30")
+            .process_group(0)
+            .spawn()
+            .expect("spawn sleep");
+        let mut our_group = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("spawn sleep");
+        let leads = is_alive_group_leader(own_group.id());
+        let follows = is_alive_group_leader(our_group.id());
+        for child in [&mut own_group, &mut our_group] {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        assert!(
+            leads,
+            "a child started with process_group(0) leads its group"
+        );
+        assert!(!follows, "a child in the test's group does not");
+        assert!(!is_alive_group_leader(own_group.id()), "reaped");
     }
 }
