@@ -170,6 +170,9 @@ fn up(args: &UpArgs) -> Result<()> {
     let topology = topology::load(&root.join(&args.topology))?;
     let plan = plan::plan(&topology, &options)?;
     plan.check_ports(port_is_free)?;
+    if args.bin_dir.is_none() {
+        build(args.release)?;
+    }
     for process in &plan.processes {
         if let plan::Launch::Program { program, .. } = &process.launch
             && !program.is_file()
@@ -193,7 +196,7 @@ fn up(args: &UpArgs) -> Result<()> {
     }
 }
 
-/// Finds the tools, builds (unless --bin-dir), reads the nginx pieces and the JWT secret.
+/// Finds the tools and the binaries' directory, reads the nginx pieces and the JWT secret.
 fn options(args: &UpArgs, paths: &StatePaths) -> Result<DevOptions> {
     for program in ["initdb", "postgres"] {
         if testkit::postgres::program(program).is_none() {
@@ -218,9 +221,10 @@ fn options(args: &UpArgs, paths: &StatePaths) -> Result<DevOptions> {
             )
         })?),
     };
+    // Built later, once the ports are known to be free (`up`).
     let bin_dir = match &args.bin_dir {
         Some(dir) => dir.clone(),
-        None => build(args.release)?,
+        None => build_dir(args.release),
     };
     let model = match &args.model_dir {
         Some(dir) => {
@@ -263,9 +267,14 @@ fn options(args: &UpArgs, paths: &StatePaths) -> Result<DevOptions> {
     })
 }
 
-/// `cargo build -p gateway -p api -p inference` (debug, or release); returns the binaries'
-/// directory.
-fn build(release: bool) -> Result<PathBuf> {
+/// Where `build` puts the binaries.
+fn build_dir(release: bool) -> PathBuf {
+    let profile = if release { "release" } else { "debug" };
+    target_dir(&project::root()).join(profile)
+}
+
+/// `cargo build -p gateway -p api -p inference` (debug, or release) into `build_dir`.
+fn build(release: bool) -> Result<()> {
     let root = project::root();
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(cargo);
@@ -286,8 +295,7 @@ fn build(release: bool) -> Result<PathBuf> {
     if !status.success() {
         bail!("cargo build of gateway, api and inference failed: {status}");
     }
-    let profile = if release { "release" } else { "debug" };
-    Ok(target_dir(&root).join(profile))
+    Ok(())
 }
 
 fn nginx_snippets(dir: &Path) -> Result<BTreeMap<String, String>> {
