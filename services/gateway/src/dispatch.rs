@@ -8,12 +8,14 @@
 //!
 //! It must never contain route logic of its own beyond that split.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use axum::Router;
 use axum::body::Body;
-use axum::response::{IntoResponse, Response};
-use hyper::body::Incoming;
+use axum::response::IntoResponse;
+use hyper::body::{Bytes, Frame, Incoming, SizeHint};
 use tower::ServiceExt;
 use tracing::Instrument;
 
@@ -21,6 +23,15 @@ use crate::app::AppState;
 use crate::forwarding::{Peer, REQUEST_ID};
 use crate::observe::{Observation, accept_or_generate};
 use crate::proxy;
+use crate::response_timer::ResponseTimer;
+use crate::upstream::ReturningBody;
+
+/// What the gateway keeps per client connection: who is at the other end, and the timer its
+/// proxied requests re-arm (one request at a time on an HTTP/1 connection).
+pub struct ClientConnection {
+    pub peer: Peer,
+    pub response_timer: ResponseTimer,
+}
 
 /// What every connection of every worker shares.
 pub struct Gateway {
@@ -30,7 +41,11 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub async fn handle(&self, peer: &Peer, request: http::Request<Incoming>) -> Response {
+    pub async fn handle(
+        &self,
+        connection: &ClientConnection,
+        request: http::Request<Incoming>,
+    ) -> http::Response<ResponseBody> {
         let id = accept_or_generate(request.headers().get(&REQUEST_ID));
         let observation = Observation::start(&request);
         let span =
@@ -39,11 +54,13 @@ impl Gateway {
             let mut response = match observation.route() {
                 "health" | "metrics" => {
                     let routed = self.own_routes.clone().oneshot(request.map(Body::new));
-                    routed.await.unwrap_or_else(|never| match never {})
+                    let response = routed.await.unwrap_or_else(|never| match never {});
+                    response.map(ResponseBody::Own)
                 }
-                _ => proxy::forward(&self.state, peer, &id, request)
-                    .await
-                    .unwrap_or_else(IntoResponse::into_response),
+                _ => match proxy::forward(&self.state, connection, &id, request).await {
+                    Ok(response) => response.map(ResponseBody::Proxied),
+                    Err(refusal) => refusal.into_response().map(ResponseBody::Own),
+                },
             };
             response.headers_mut().insert(REQUEST_ID, id);
             observation.finish(&response);
@@ -51,5 +68,41 @@ impl Gateway {
         }
         .instrument(span)
         .await
+    }
+}
+
+/// A response body: an upstream's, passed through as it is (no boxing on the hot path), or one
+/// the gateway wrote itself (its own routes and its errors).
+pub enum ResponseBody {
+    Proxied(ReturningBody),
+    Own(Body),
+}
+
+impl hyper::body::Body for ResponseBody {
+    type Data = Bytes;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::BoxError>>> {
+        match self.get_mut() {
+            ResponseBody::Proxied(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            ResponseBody::Own(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ResponseBody::Proxied(body) => body.is_end_stream(),
+            ResponseBody::Own(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ResponseBody::Proxied(body) => body.size_hint(),
+            ResponseBody::Own(body) => body.size_hint(),
+        }
     }
 }

@@ -11,7 +11,8 @@ use http::HeaderMap;
 use http::header::{self, Entry, HeaderName, HeaderValue};
 use ipnet::IpNet;
 
-/// Headers that belong to one connection and are never forwarded.
+/// Headers that belong to one connection and are never forwarded (RFC 9110 §7.6.1, plus the
+/// pre-standard `keep-alive` and `proxy-connection`).
 const HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
@@ -23,6 +24,22 @@ const HOP_BY_HOP: [HeaderName; 9] = [
     header::TRANSFER_ENCODING,
     header::UPGRADE,
 ];
+
+/// Where `name` is in `HOP_BY_HOP`: one match on the name instead of nine comparisons.
+fn hop_by_hop_index(name: &str) -> Option<usize> {
+    Some(match name {
+        "connection" => 0,
+        "keep-alive" => 1,
+        "proxy-connection" => 2,
+        "proxy-authenticate" => 3,
+        "proxy-authorization" => 4,
+        "te" => 5,
+        "trailer" => 6,
+        "transfer-encoding" => 7,
+        "upgrade" => 8,
+        _ => return None,
+    })
+}
 
 /// Headers the gateway sets for upstreams; a client sending one is dropped, never trusted.
 pub const INTERNAL_PREFIX: &str = "x-cairn-";
@@ -104,32 +121,33 @@ pub fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
         .flatten()
 }
 
-/// Removes the hop-by-hop headers and the ones `Connection` names. One pass over the names
-/// finds which are present, so the common request without any costs no lookups; the tokens
-/// every keep-alive exchange carries (`keep-alive`, `close`) need no name of their own.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
+/// Removes the hop-by-hop headers, the ones `Connection` names, and those `also` picks. One pass
+/// over the names finds which are present, so the common message costs no lookup per rule; the
+/// tokens every keep-alive exchange carries (`keep-alive`, `close`) need no name of their own.
+fn strip_hop_by_hop(headers: &mut HeaderMap, also: impl Fn(&str) -> bool) {
+    // Names `Connection` lists and names `also` picks: both rare, so usually no allocation.
     let mut listed = Vec::new();
     for value in headers.get_all(header::CONNECTION) {
         let tokens = value.to_str().ok().into_iter().flat_map(|v| v.split(','));
         for token in tokens.map(str::trim) {
-            let known = token.is_empty()
-                || token.eq_ignore_ascii_case("close")
-                || HOP_BY_HOP
-                    .iter()
-                    .any(|name| token.eq_ignore_ascii_case(name.as_str()));
-            if !known && let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+            let common = token.is_empty()
+                || token.eq_ignore_ascii_case("keep-alive")
+                || token.eq_ignore_ascii_case("close");
+            if !common && let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
                 listed.push(name);
             }
         }
     }
-    for name in listed {
-        headers.remove(name);
-    }
     let mut present = 0u16;
     for name in headers.keys() {
-        if let Some(index) = HOP_BY_HOP.iter().position(|hop| hop == name) {
-            present |= 1 << index;
+        match hop_by_hop_index(name.as_str()) {
+            Some(index) => present |= 1 << index,
+            None if also(name.as_str()) => listed.push(name.clone()),
+            None => {}
         }
+    }
+    for name in listed {
+        headers.remove(name);
     }
     for (index, name) in HOP_BY_HOP.iter().enumerate() {
         if present & (1 << index) != 0 {
@@ -146,9 +164,9 @@ fn restore_upgrade(headers: &mut HeaderMap, upgrade: Option<HeaderValue>) {
 }
 
 /// What the gateway knows about a request when it rewrites its headers for the upstream.
-#[derive(Debug, Clone)]
-pub struct Forwarding {
-    pub peer: Peer,
+#[derive(Debug)]
+pub struct Forwarding<'a> {
+    pub peer: &'a Peer,
     pub client: IpAddr,
     pub request_id: HeaderValue,
     /// `Some(protocol)` for a WebSocket (or other) upgrade, which keeps its `Upgrade` headers.
@@ -158,19 +176,11 @@ pub struct Forwarding {
 }
 
 /// Rewrites a client request's headers into the upstream request's headers.
-pub fn upstream_request_headers(headers: &mut HeaderMap, forwarding: &Forwarding) {
-    strip_hop_by_hop(headers);
-    let internal: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| name.as_str().starts_with(INTERNAL_PREFIX))
-        .cloned()
-        .collect();
-    for name in internal {
-        headers.remove(name);
-    }
+pub fn upstream_request_headers(headers: &mut HeaderMap, forwarding: &Forwarding<'_>) {
+    strip_hop_by_hop(headers, |name| name.starts_with(INTERNAL_PREFIX));
     // Room for the headers set below, so the map grows once at most.
     headers.reserve(6);
-    let peer = &forwarding.peer;
+    let peer = forwarding.peer;
     let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(chain) if peer.trusted => {
             HeaderValue::from_str(&format!("{chain}, {}", peer.address)).ok()
@@ -210,7 +220,7 @@ pub fn client_response_headers(
     request_id: &HeaderValue,
     upgrade: Option<HeaderValue>,
 ) {
-    strip_hop_by_hop(headers);
+    strip_hop_by_hop(headers, |_| false);
     restore_upgrade(headers, upgrade);
     headers.insert(REQUEST_ID, request_id.clone());
     let is_event_stream = headers
@@ -242,6 +252,14 @@ mod tests {
     }
 
     #[test]
+    fn hop_by_hop_index_matches_the_table() {
+        for (index, name) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_by_hop_index(name.as_str()), Some(index), "{name}");
+        }
+        assert_eq!(hop_by_hop_index("content-length"), None);
+    }
+
+    #[test]
     fn client_ip_believes_only_trusted_proxies() {
         let trusted = nets(&["10.0.0.0/8"]);
         let h = headers(&[("x-forwarded-for", "1.2.3.4, 10.0.0.7")]);
@@ -269,7 +287,7 @@ mod tests {
         let peer = Peer::new("5.6.7.8".parse().expect("ip"), &[]);
         let forwarding = Forwarding {
             client: peer.address,
-            peer,
+            peer: &peer,
             request_id: HeaderValue::from_static("abc"),
             upgrade: None,
             upstream_host: HeaderValue::from_static("api:8000"),

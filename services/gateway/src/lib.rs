@@ -64,5 +64,6 @@ pub mod observe;
 pub mod pool;
 pub mod proxy;
 pub mod rate_limit;
+pub mod response_timer;
 pub mod server;
 pub mod upstream;

@@ -5,8 +5,6 @@
 //!
 //! It must never parse configuration or render errors itself (that is `error`).
 
-use axum::body::Body;
-use axum::response::Response;
 use http::header::{AUTHORIZATION, CONTENT_LENGTH, HeaderValue};
 use http::{StatusCode, Uri};
 use http_body_util::{LengthLimitError, Limited};
@@ -15,9 +13,11 @@ use hyper_util::rt::TokioIo;
 use tracing::Instrument;
 
 use crate::app::AppState;
+use crate::dispatch::ClientConnection;
 use crate::error::{GatewayError, chain_has, describe};
-use crate::forwarding::{self, Forwarding, Peer, USER_HEADER};
+use crate::forwarding::{self, Forwarding, USER_HEADER};
 use crate::pool::{Instance, Pool, Service};
+use crate::response_timer::ResponseTimer;
 use crate::upstream::{OutgoingBody, ReturningBody, UpstreamError};
 
 /// The service a path belongs to; `None` is a 404.
@@ -39,12 +39,13 @@ pub fn route(path: &str) -> Option<Service> {
 /// settled on.
 pub async fn forward(
     state: &AppState,
-    peer: &Peer,
+    connection: &ClientConnection,
     request_id: &HeaderValue,
     mut request: http::Request<Incoming>,
-) -> Result<Response, GatewayError> {
+) -> Result<http::Response<ReturningBody>, GatewayError> {
     let path = request.uri().path();
     let service = route(path).ok_or_else(|| GatewayError::NotFound(path.to_owned()))?;
+    let peer = &connection.peer;
     let client = forwarding::client_ip(peer, request.headers(), &state.trusted_proxies);
     state.rate_limits.check(client, path).map_err(|refusal| {
         metrics::counter!("gateway_rate_limited_total", "bucket" => refusal.bucket.name())
@@ -69,7 +70,7 @@ pub async fn forward(
         service: service.name(),
     })?;
     let forwarding = Forwarding {
-        peer: peer.clone(),
+        peer,
         client,
         request_id: request_id.clone(),
         upgrade: forwarding::requested_upgrade(request.headers()),
@@ -87,7 +88,8 @@ pub async fn forward(
             outgoing.headers_mut().insert(USER_HEADER, value);
         }
     }
-    let mut response = send(pool, instance, outgoing, state.max_body_bytes).await?;
+    let timer = &connection.response_timer;
+    let mut response = send(pool, instance, timer, outgoing, state.max_body_bytes).await?;
     let upgrade = match client_upgrade {
         Some(client_side) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
             tunnel(client_side, hyper::upgrade::on(&mut response));
@@ -96,7 +98,7 @@ pub async fn forward(
         _ => None,
     };
     forwarding::client_response_headers(response.headers_mut(), request_id, upgrade);
-    Ok(response.map(Body::new))
+    Ok(response)
 }
 
 fn declared_length<B>(request: &http::Request<B>) -> Option<u64> {
@@ -130,13 +132,16 @@ fn upstream_request(
 async fn send(
     pool: &Pool,
     instance: &Instance,
+    timer: &ResponseTimer,
     outgoing: http::Request<OutgoingBody>,
     max_body_bytes: u64,
 ) -> Result<http::Response<ReturningBody>, GatewayError> {
     let service = pool.service.name();
     let upstream = || instance.upstream.url();
     let timeout = pool.response_timeout;
-    let result = tokio::time::timeout(timeout, instance.connections.send(outgoing)).await;
+    let result = timer
+        .limit(timeout, instance.connections.send(outgoing))
+        .await;
     let err = match result {
         Ok(Ok(response)) => return Ok(response),
         Ok(Err(err)) => err,

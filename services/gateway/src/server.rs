@@ -16,8 +16,9 @@ use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
-use crate::dispatch::Gateway;
+use crate::dispatch::{ClientConnection, Gateway};
 use crate::forwarding::Peer;
+use crate::response_timer::ResponseTimer;
 
 /// Serves until `stop` turns true, then waits until every connection has finished.
 pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, stop: watch::Receiver<bool>) {
@@ -71,26 +72,36 @@ async fn serve_connection(
     let _ = stream.set_nodelay(true);
     let client = Arc::new((
         Arc::clone(&gateway),
-        Peer::new(peer.ip(), &gateway.state.trusted_proxies),
+        ClientConnection {
+            peer: Peer::new(peer.ip(), &gateway.state.trusted_proxies),
+            response_timer: ResponseTimer::default(),
+        },
     ));
     let service = service_fn(move |request| {
         let client = Arc::clone(&client);
         async move {
-            let (gateway, peer) = &*client;
-            Ok::<_, Infallible>(gateway.handle(peer, request).await)
+            let (gateway, connection) = &*client;
+            Ok::<_, Infallible>(gateway.handle(connection, request).await)
         }
     });
     let connection = http1::Builder::new()
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     let mut connection = std::pin::pin!(connection);
-    let result = tokio::select! {
-        result = connection.as_mut() => result,
-        () = stopped(stop) => {
+    let mut stop_signal = std::pin::pin!(stopped(stop.clone()));
+    let (mut first_poll, mut draining) = (true, false);
+    let result = std::future::poll_fn(|cx| {
+        // The signal's future registers this task's waker on the first poll; after that one
+        // atomic load tells whether it can have fired, instead of polling it on every wake-up
+        // of a busy connection.
+        let may_have_fired = std::mem::take(&mut first_poll) || stop.has_changed().unwrap_or(true);
+        if !draining && may_have_fired && stop_signal.as_mut().poll(cx).is_ready() {
+            draining = true;
             connection.as_mut().graceful_shutdown();
-            connection.await
         }
-    };
+        connection.as_mut().poll(cx)
+    })
+    .await;
     if let Err(err) = result {
         tracing::debug!(error = %err, %peer, "connection ended with an error");
     }
