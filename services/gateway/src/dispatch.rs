@@ -20,6 +20,7 @@ use tower::ServiceExt;
 use tracing::Instrument;
 
 use crate::app::AppState;
+use crate::client_body::ClientBody;
 use crate::forwarding::{Peer, REQUEST_ID};
 use crate::observe::{Observation, accept_or_generate};
 use crate::proxy;
@@ -53,14 +54,19 @@ impl Gateway {
         async move {
             let mut response = match observation.route() {
                 "health" | "metrics" => {
-                    let routed = self.own_routes.clone().oneshot(request.map(Body::new));
+                    let request = request.map(|body| Body::new(ClientBody::new(body)));
+                    let routed = self.own_routes.clone().oneshot(request);
                     let response = routed.await.unwrap_or_else(|never| match never {});
                     response.map(ResponseBody::Own)
                 }
-                _ => match proxy::forward(&self.state, connection, &id, request).await {
-                    Ok(response) => response.map(ResponseBody::Proxied),
-                    Err(refusal) => refusal.into_response().map(ResponseBody::Own),
-                },
+                _ => {
+                    match proxy::forward(&self.state, connection, &id, request.map(ClientBody::new))
+                        .await
+                    {
+                        Ok(response) => response.map(ResponseBody::Proxied),
+                        Err(refusal) => refusal.into_response().map(ResponseBody::Own),
+                    }
+                }
             };
             response.headers_mut().insert(REQUEST_ID, id);
             observation.finish(&response);

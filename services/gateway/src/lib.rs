@@ -53,6 +53,7 @@
 //! is dropped, and `Authorization` is not forwarded to inference.
 
 pub mod app;
+pub mod client_body;
 pub mod config;
 pub mod dispatch;
 pub mod edge_auth;

@@ -5,10 +5,10 @@
 //!
 //! It must never parse configuration or render errors itself (that is `error`).
 
+use crate::client_body::ClientBody;
 use http::header::{AUTHORIZATION, CONTENT_LENGTH, HeaderValue};
 use http::{StatusCode, Uri};
 use http_body_util::{LengthLimitError, Limited};
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tracing::Instrument;
 
@@ -41,7 +41,7 @@ pub async fn forward(
     state: &AppState,
     connection: &ClientConnection,
     request_id: &HeaderValue,
-    mut request: http::Request<Incoming>,
+    mut request: http::Request<ClientBody>,
 ) -> Result<http::Response<ReturningBody>, GatewayError> {
     let path = request.uri().path();
     let service = route(path).ok_or_else(|| GatewayError::NotFound(path.to_owned()))?;
@@ -60,7 +60,7 @@ pub async fn forward(
         Service::Api => None,
     };
     if declared_length(&request).is_some_and(|length| length > state.max_body_bytes) {
-        lifecycle::linger::discard_rest(request.into_body()).await;
+        // Refused before a byte goes upstream; the dropped body drains itself (`client_body`).
         return Err(GatewayError::PayloadTooLarge {
             limit: state.max_body_bytes,
         });
@@ -112,7 +112,7 @@ fn declared_length<B>(request: &http::Request<B>) -> Option<u64> {
 /// The client's request rewritten for the upstream: origin-form URI (the connection already
 /// names the instance), HTTP/1.1, forwarding headers, the body bounded by the body limit.
 fn upstream_request(
-    request: http::Request<Incoming>,
+    request: http::Request<ClientBody>,
     forwarding: &Forwarding,
     max_body_bytes: u64,
 ) -> http::Request<OutgoingBody> {

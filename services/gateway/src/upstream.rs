@@ -23,10 +23,11 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use crate::client_body::ClientBody;
 use crate::pool::worker_slot;
 
 /// What the gateway sends upstream: the client's body, bounded by the body limit.
-pub type OutgoingBody = Limited<Incoming>;
+pub type OutgoingBody = Limited<ClientBody>;
 
 /// Idle connections kept per worker and instance; more are closed when they come back.
 const MAX_IDLE_PER_WORKER: usize = 256;

@@ -371,28 +371,102 @@ async fn rate_limits_and_body_limit() {
     );
 }
 
-/// A declared body far over the limit is refused before it is forwarded, and the client sees
-/// the 413: answering while the client still sends, then closing with unread data, makes the
-/// kernel reset the connection and the answer is lost.
+/// Every early answer to a large upload reaches the client: a body the gateway will not forward
+/// (over the limit, declared or chunked; 401; 404; 429; an upstream that is down) is read and
+/// dropped while the answer goes out. Answering and then closing with unread data makes the
+/// kernel reset the connection, and the client loses the answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn oversize_body_gets_its_413_not_a_reset() {
+async fn refused_uploads_get_their_answer_not_a_reset() {
     let api = Upstream::start("api").await;
     let port = testkit::free_port();
-    let mut command = gateway_command(port, &[api.url()], &[api.url()]);
-    command.env("GATEWAY_MAX_BODY_BYTES", "1024");
-    let gw = start("oversize", command).await;
-    for attempt in 1..=3 {
-        let request = http::Request::post(gw.url("/api/upload"))
-            .body(Body::from(vec![b'x'; 8 * 1024 * 1024]))
-            .expect("req");
-        let answer = client().request(request).await.unwrap_or_else(|err| {
-            panic!("attempt {attempt}: the client saw an error instead of the 413: {err:?}")
-        });
-        assert_eq!(
-            answer.status(),
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "attempt {attempt}"
-        );
+    let mut command = gateway_command(port, &[api.url()], &[dead_url()]);
+    command
+        .env("GATEWAY_MAX_BODY_BYTES", "1024")
+        .env("GATEWAY_RATE_AUTH", "1/m,burst=1");
+    let gw = start("refusals", command).await;
+    assert_eq!(
+        send(
+            http::Request::post(gw.url("/api/auth/login"))
+                .body(Body::from("{}"))
+                .expect("req")
+        )
+        .await
+        .status,
+        StatusCode::OK,
+        "the one login the auth bucket allows"
+    );
+    const UPLOAD: usize = 8 * 1024 * 1024;
+    let declared = || Body::from(vec![b'x'; UPLOAD]);
+    let chunked = || {
+        let chunks =
+            (0..UPLOAD / 65536).map(|_| Ok::<_, std::convert::Infallible>(vec![b'x'; 65536]));
+        Body::from_stream(futures_util::stream::iter(chunks))
+    };
+    let cases: [(&str, &str, Option<&str>, fn(StatusCode) -> bool, bool); 6] = [
+        (
+            "declared over the limit",
+            "/api/upload",
+            None,
+            |s| s == StatusCode::PAYLOAD_TOO_LARGE,
+            true,
+        ),
+        (
+            "chunked over the limit",
+            "/api/upload",
+            None,
+            |s| s == StatusCode::PAYLOAD_TOO_LARGE,
+            false,
+        ),
+        (
+            "unauthenticated /v1",
+            "/v1/models",
+            None,
+            |s| s == StatusCode::UNAUTHORIZED,
+            true,
+        ),
+        (
+            "unknown route",
+            "/nowhere",
+            None,
+            |s| s == StatusCode::NOT_FOUND,
+            true,
+        ),
+        (
+            "rate limited",
+            "/api/auth/login",
+            None,
+            |s| s == StatusCode::TOO_MANY_REQUESTS,
+            true,
+        ),
+        (
+            "upstream down",
+            "/v1/models",
+            Some(API_KEY),
+            |s| s == StatusCode::BAD_GATEWAY || s == StatusCode::SERVICE_UNAVAILABLE,
+            false,
+        ),
+    ];
+    for (case, path, key, expected, declared_length) in cases {
+        for attempt in 1..=3 {
+            let mut request = http::Request::post(gw.url(path));
+            if let Some(key) = key {
+                request = bearer(request, key);
+            }
+            let body = if declared_length {
+                declared()
+            } else {
+                chunked()
+            };
+            let answer = client()
+                .request(request.body(body).expect("req"))
+                .await
+                .unwrap_or_else(|err| panic!("{case}, attempt {attempt}: the client saw an error instead of the answer: {err:?}"));
+            assert!(
+                expected(answer.status()),
+                "{case}, attempt {attempt}: {}",
+                answer.status()
+            );
+        }
     }
 }
 

@@ -1,0 +1,72 @@
+//! The client's request body as the gateway holds it. Whatever a request's path (forwarded,
+//! refused early with 401/404/413/429/503, failed upstream, cut off at the body limit), a body
+//! dropped before its end is read to the end and thrown away in the background, within
+//! `lifecycle::linger`'s bounds, while the answer goes out. Closing a connection with unread
+//! request data makes the kernel reset it, and the client then loses the answer it was sent
+//! (nginx's lingering close exists for the same reason).
+//!
+//! It must never look at the data it passes on.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
+
+/// A request body that drains itself when dropped unfinished.
+pub struct ClientBody {
+    inner: Option<Incoming>,
+    ended: bool,
+}
+
+impl ClientBody {
+    pub fn new(inner: Incoming) -> Self {
+        ClientBody {
+            inner: Some(inner),
+            ended: false,
+        }
+    }
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = Pin::new(inner).poll_frame(cx);
+        if let Poll::Ready(None | Some(Err(_))) = polled {
+            self.ended = true;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended || self.inner.as_ref().is_none_or(Incoming::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Incoming::size_hint)
+    }
+}
+
+impl Drop for ClientBody {
+    fn drop(&mut self) {
+        if self.is_end_stream() {
+            return;
+        }
+        let Some(rest) = self.inner.take() else {
+            return;
+        };
+        // Dropped off a runtime (at exit) there is nobody to answer anyway.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(lifecycle::linger::discard_rest(rest));
+        }
+    }
+}
