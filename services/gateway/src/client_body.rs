@@ -12,18 +12,12 @@ use std::task::{Context, Poll};
 
 use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
 
-/// A request body that drains itself when dropped unfinished.
-pub struct ClientBody {
-    inner: Option<Incoming>,
-    ended: bool,
-}
+/// A request body that drains itself when dropped unfinished; `None` once it has ended.
+pub struct ClientBody(Option<Incoming>);
 
 impl ClientBody {
     pub fn new(inner: Incoming) -> Self {
-        ClientBody {
-            inner: Some(inner),
-            ended: false,
-        }
+        ClientBody(Some(inner))
     }
 }
 
@@ -35,22 +29,23 @@ impl Body for ClientBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let Some(inner) = self.inner.as_mut() else {
+        let Some(inner) = self.0.as_mut() else {
             return Poll::Ready(None);
         };
         let polled = Pin::new(inner).poll_frame(cx);
         if let Poll::Ready(None | Some(Err(_))) = polled {
-            self.ended = true;
+            // Ended, or the client went away: nothing is left to drain.
+            self.0 = None;
         }
         polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.ended || self.inner.as_ref().is_none_or(Incoming::is_end_stream)
+        self.0.as_ref().is_none_or(Incoming::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner
+        self.0
             .as_ref()
             .map_or_else(|| SizeHint::with_exact(0), Incoming::size_hint)
     }
@@ -58,14 +53,13 @@ impl Body for ClientBody {
 
 impl Drop for ClientBody {
     fn drop(&mut self) {
-        if self.is_end_stream() {
-            return;
-        }
-        let Some(rest) = self.inner.take() else {
+        let Some(rest) = self.0.take() else {
             return;
         };
         // Dropped off a runtime (at exit) there is nobody to answer anyway.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        if !rest.is_end_stream()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
             runtime.spawn(lifecycle::linger::discard_rest(rest));
         }
     }

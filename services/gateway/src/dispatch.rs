@@ -59,14 +59,10 @@ impl Gateway {
                     let response = routed.await.unwrap_or_else(|never| match never {});
                     response.map(ResponseBody::Own)
                 }
-                _ => {
-                    match proxy::forward(&self.state, connection, &id, request.map(ClientBody::new))
-                        .await
-                    {
-                        Ok(response) => response.map(ResponseBody::Proxied),
-                        Err(refusal) => refusal.into_response().map(ResponseBody::Own),
-                    }
-                }
+                _ => match proxy::forward(&self.state, connection, &id, request).await {
+                    Ok(response) => response.map(ResponseBody::Proxied),
+                    Err(refusal) => refusal.into_response().map(ResponseBody::Own),
+                },
             };
             response.headers_mut().insert(REQUEST_ID, id);
             observation.finish(&response);

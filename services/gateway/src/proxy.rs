@@ -5,14 +5,16 @@
 //!
 //! It must never parse configuration or render errors itself (that is `error`).
 
-use crate::client_body::ClientBody;
 use http::header::{AUTHORIZATION, CONTENT_LENGTH, HeaderValue};
 use http::{StatusCode, Uri};
 use http_body_util::{LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tracing::Instrument;
 
 use crate::app::AppState;
+use crate::client_body::ClientBody;
 use crate::dispatch::ClientConnection;
 use crate::error::{GatewayError, chain_has, describe};
 use crate::forwarding::{self, Forwarding, USER_HEADER};
@@ -41,12 +43,15 @@ pub async fn forward(
     state: &AppState,
     connection: &ClientConnection,
     request_id: &HeaderValue,
-    mut request: http::Request<ClientBody>,
+    request: http::Request<Incoming>,
 ) -> Result<http::Response<ReturningBody>, GatewayError> {
-    let path = request.uri().path();
+    let (mut head, body) = request.into_parts();
+    // From here on, a body that is not forwarded to its end drains itself (`client_body`).
+    let body = ClientBody::new(body);
+    let path = head.uri.path();
     let service = route(path).ok_or_else(|| GatewayError::NotFound(path.to_owned()))?;
     let peer = &connection.peer;
-    let client = forwarding::client_ip(peer, request.headers(), &state.trusted_proxies);
+    let client = forwarding::client_ip(peer, &head.headers, &state.trusted_proxies);
     state.rate_limits.check(client, path).map_err(|refusal| {
         metrics::counter!("gateway_rate_limited_total", "bucket" => refusal.bucket.name())
             .increment(1);
@@ -56,11 +61,11 @@ pub async fn forward(
         }
     })?;
     let caller = match service {
-        Service::Inference => Some(state.verifier.verify(request.headers())?),
+        Service::Inference => Some(state.verifier.verify(&head.headers)?),
         Service::Api => None,
     };
-    if declared_length(&request).is_some_and(|length| length > state.max_body_bytes) {
-        // Refused before a byte goes upstream; the dropped body drains itself (`client_body`).
+    if declared_length(&head.headers).is_some_and(|length| length > state.max_body_bytes) {
+        // Refused before a byte goes upstream.
         return Err(GatewayError::PayloadTooLarge {
             limit: state.max_body_bytes,
         });
@@ -73,14 +78,16 @@ pub async fn forward(
         peer,
         client,
         request_id: request_id.clone(),
-        upgrade: forwarding::requested_upgrade(request.headers()),
+        upgrade: forwarding::requested_upgrade(&head.headers),
         upstream_host: instance.connections.host().clone(),
     };
+    // What `hyper::upgrade::on` takes from a request, taken from its head.
     let client_upgrade = forwarding
         .upgrade
         .is_some()
-        .then(|| hyper::upgrade::on(&mut request));
-    let mut outgoing = upstream_request(request, &forwarding, state.max_body_bytes);
+        .then(|| head.extensions.remove::<OnUpgrade>())
+        .flatten();
+    let mut outgoing = upstream_request(head, body, &forwarding, state.max_body_bytes);
     if let Some(caller) = caller {
         // The credential stays at the edge; inference learns who called from x-cairn-user.
         outgoing.headers_mut().remove(AUTHORIZATION);
@@ -101,9 +108,8 @@ pub async fn forward(
     Ok(response)
 }
 
-fn declared_length<B>(request: &http::Request<B>) -> Option<u64> {
-    request
-        .headers()
+fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
@@ -112,11 +118,11 @@ fn declared_length<B>(request: &http::Request<B>) -> Option<u64> {
 /// The client's request rewritten for the upstream: origin-form URI (the connection already
 /// names the instance), HTTP/1.1, forwarding headers, the body bounded by the body limit.
 fn upstream_request(
-    request: http::Request<ClientBody>,
+    mut parts: http::request::Parts,
+    body: ClientBody,
     forwarding: &Forwarding,
     max_body_bytes: u64,
 ) -> http::Request<OutgoingBody> {
-    let (mut parts, body) = request.into_parts();
     if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
         // An absolute-form request line (`GET http://host/path`): forward only its path.
         let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
@@ -209,7 +215,7 @@ async fn send(
 }
 
 /// Joins the client's and the upstream's upgraded connections and copies bytes both ways.
-fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+fn tunnel(client: OnUpgrade, upstream: OnUpgrade) {
     tokio::spawn(
         async move {
             match tokio::try_join!(client, upstream) {

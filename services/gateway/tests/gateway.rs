@@ -402,7 +402,14 @@ async fn refused_uploads_get_their_answer_not_a_reset() {
             (0..UPLOAD / 65536).map(|_| Ok::<_, std::convert::Infallible>(vec![b'x'; 65536]));
         Body::from_stream(futures_util::stream::iter(chunks))
     };
-    let cases: [(&str, &str, Option<&str>, fn(StatusCode) -> bool, bool); 6] = [
+    type Case = (
+        &'static str,
+        &'static str,
+        Option<&'static str>,
+        fn(StatusCode) -> bool,
+        bool,
+    );
+    let cases: [Case; 6] = [
         (
             "declared over the limit",
             "/api/upload",
