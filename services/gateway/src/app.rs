@@ -15,10 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Body;
 use axum::routing::get;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use ipnet::IpNet;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
@@ -26,7 +23,7 @@ use tokio::net::TcpListener;
 use crate::config::Config;
 use crate::dispatch::Gateway;
 use crate::edge_auth::Verifier;
-use crate::pool::{Pool, Service, upstream_client};
+use crate::pool::{Pool, Service};
 use crate::rate_limit::RateLimits;
 use crate::server::stopped;
 use crate::{health, health_check, observe, server};
@@ -40,7 +37,6 @@ pub struct AppState {
     pub trusted_proxies: Vec<IpNet>,
     pub max_body_bytes: u64,
     pub health_all_timeout: Duration,
-    pub probe_client: Client<HttpConnector, Body>,
 }
 
 impl AppState {
@@ -61,7 +57,6 @@ impl AppState {
             trusted_proxies: config.trusted_proxies.clone(),
             max_body_bytes: config.max_body_bytes,
             health_all_timeout: config.health_all_timeout,
-            probe_client: upstream_client(config.health_all_timeout),
         }
     }
 

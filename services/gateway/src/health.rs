@@ -95,7 +95,8 @@ pub async fn all_health(State(state): State<Arc<AppState>>) -> Response {
     for (p, pool) in pools.iter().enumerate() {
         for i in 0..pool.instances.len() {
             let pool = Arc::clone(pool);
-            let client = state.probe_client.clone();
+            // The pool's probe client: the one the active health checks use.
+            let client = pool.client().clone();
             let timeout = state.health_all_timeout;
             probes.spawn(async move {
                 let instance = &pool.instances[i];
