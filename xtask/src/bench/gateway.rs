@@ -1,11 +1,14 @@
 //! `cargo xtask bench gateway`: the release gateway and nginx (`proxy_pass` to an `upstream`
-//! block with `keepalive`) side by side in one run, both in front of the same upstream (a
-//! separate nginx answering 200 from memory), loaded by Debian's `wrk`. Rounds alternate
-//! between the two so that drift on a shared machine hits both; it prints requests/s and p99
-//! per round, the median of each, their ratio, and the gateway's idle RSS and binary size.
+//! block with `keepalive`) side by side in one run, all in front of the same upstream (a
+//! separate nginx answering 200 from memory), loaded by Debian's `wrk`. nginx runs twice: bare
+//! (`proxy_pass` alone, as the issue names it), and doing the gateway's header work (the
+//! request id generated, sent upstream and echoed, `X-Forwarded-For/-Proto/-Host` and
+//! `X-Real-IP` set), which is the like-for-like alternative. Rounds cycle through the three so
+//! that drift on a shared machine hits all alike; it prints requests/s and p99 per round, the
+//! median of each side, the ratios, and the gateway's idle RSS and binary size.
 //!
-//! Access logs are off on both sides (nginx `access_log off`, gateway `RUST_LOG=warn`) and the
-//! gateway's rate limits are off, so both do the same work: forward and answer.
+//! Access logs are off on every side (nginx `access_log off`, gateway `RUST_LOG=warn`) and the
+//! gateway's rate limits are off.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -54,34 +57,51 @@ pub fn run(args: &GatewayBenchArgs) -> Result<()> {
 
     let upstream_port = testkit::free_port();
     let _upstream = start_nginx(&work.join("upstream"), &upstream_conf(upstream_port))?;
-    let nginx_port = testkit::free_port();
-    let _nginx = start_nginx(&work.join("proxy"), &proxy_conf(nginx_port, upstream_port))?;
+    let bare_port = testkit::free_port();
+    let _bare = start_nginx(
+        &work.join("proxy"),
+        &proxy_conf(bare_port, upstream_port, ""),
+    )?;
+    let headers_port = testkit::free_port();
+    let _headers = start_nginx(
+        &work.join("proxy-headers"),
+        &proxy_conf(headers_port, upstream_port, GATEWAY_HEADER_WORK),
+    )?;
     let gateway_port = testkit::free_port();
     let gateway = start_gateway(&binary, gateway_port, upstream_port, &work)?;
     let idle_rss_kib = rss_kib(gateway.id())?;
 
-    let nginx_url = format!("http://127.0.0.1:{nginx_port}/api/bench");
-    let gateway_url = format!("http://127.0.0.1:{gateway_port}/api/bench");
-    for url in [&nginx_url, &gateway_url] {
+    let url = |port: u16| format!("http://127.0.0.1:{port}/api/bench");
+    let sides = [
+        ("nginx", url(bare_port)),
+        ("nginx+headers", url(headers_port)),
+        ("gateway", url(gateway_port)),
+    ];
+    for (_, url) in &sides {
         wrk::measure(args.load(2), url, &[]).with_context(|| format!("warming up {url}"))?;
     }
-    let mut nginx = Vec::new();
-    let mut ours = Vec::new();
+    let mut runs: [Vec<Measurement>; 3] = Default::default();
     for round in 1..=args.rounds {
-        let n = wrk::measure(args.load(args.duration), &nginx_url, &[])?;
-        let g = wrk::measure(args.load(args.duration), &gateway_url, &[])?;
+        let mut line = format!("round {round}:");
+        for ((name, url), side_runs) in sides.iter().zip(&mut runs) {
+            let m = wrk::measure(args.load(args.duration), url, &[])?;
+            line += &format!(
+                " {name} {:>7.0} req/s p99 {:>7.2?} |",
+                m.requests_per_second, m.p99
+            );
+            side_runs.push(m);
+        }
+        let [bare, headers, ours] = &runs;
+        let last =
+            |runs: &Vec<Measurement>| runs.last().map_or(f64::NAN, |m| m.requests_per_second);
         println!(
-            "round {round}: nginx {:>9.0} req/s p99 {:>8.2?} | gateway {:>9.0} req/s p99 {:>8.2?} | ratio {:.2}x",
-            n.requests_per_second,
-            n.p99,
-            g.requests_per_second,
-            g.p99,
-            g.requests_per_second / n.requests_per_second
+            "{line} ratio {:.2}x / {:.2}x",
+            last(ours) / last(bare),
+            last(ours) / last(headers)
         );
-        nginx.push(n);
-        ours.push(g);
     }
-    let (Some(n), Some(g)) = (median(&nginx), median(&ours)) else {
+    let [bare, headers, ours] = &runs;
+    let (Some(n), Some(h), Some(g)) = (median(bare), median(headers), median(ours)) else {
         bail!("no rounds ran (--rounds 0)");
     };
     let size = std::fs::metadata(&binary)
@@ -96,16 +116,21 @@ pub fn run(args: &GatewayBenchArgs) -> Result<()> {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!(
-        "  nginx   {:>9.0} req/s  p99 {:.2?}",
+        "  nginx           {:>9.0} req/s  p99 {:.2?}",
         n.requests_per_second, n.p99
     );
     println!(
-        "  gateway {:>9.0} req/s  p99 {:.2?}",
+        "  nginx+headers   {:>9.0} req/s  p99 {:.2?}",
+        h.requests_per_second, h.p99
+    );
+    println!(
+        "  gateway         {:>9.0} req/s  p99 {:.2?}",
         g.requests_per_second, g.p99
     );
     println!(
-        "  ratio   {:.2}x nginx's requests/s (target >= 0.90x)",
-        g.requests_per_second / n.requests_per_second
+        "  ratio   {:.2}x bare nginx's requests/s (target >= 0.90x), {:.2}x nginx doing the same header work",
+        g.requests_per_second / n.requests_per_second,
+        g.requests_per_second / h.requests_per_second
     );
     println!(
         "  gateway idle RSS {} KiB, stripped binary {:.2} MiB ({size} bytes)",
@@ -135,9 +160,13 @@ fn upstream_conf(port: u16) -> String {
     )
 }
 
-fn proxy_conf(port: u16, upstream_port: u16) -> String {
+/// What the gateway does to every proxied request and response, in nginx's words: a request id
+/// generated, sent upstream and echoed, and the forwarding headers set.
+const GATEWAY_HEADER_WORK: &str = "      proxy_set_header X-Forwarded-Host $host;\n      proxy_set_header X-Real-IP $remote_addr;\n      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n      proxy_set_header X-Forwarded-Proto $scheme;\n      proxy_set_header X-Request-Id $request_id;\n      add_header X-Request-Id $request_id always;\n";
+
+fn proxy_conf(port: u16, upstream_port: u16, extra: &str) -> String {
     format!(
-        "worker_processes auto;\n{common}\nhttp {{\n  access_log off;\n  keepalive_requests 1000000;\n{temps}\n  upstream backend {{\n    server 127.0.0.1:{upstream_port};\n    keepalive 128;\n    keepalive_requests 1000000;\n  }}\n  server {{\n    listen 127.0.0.1:{port};\n    location / {{\n      proxy_pass http://backend;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n    }}\n  }}\n}}\n",
+        "worker_processes auto;\n{common}\nhttp {{\n  access_log off;\n  keepalive_requests 1000000;\n{temps}\n  upstream backend {{\n    server 127.0.0.1:{upstream_port};\n    keepalive 128;\n    keepalive_requests 1000000;\n  }}\n  server {{\n    listen 127.0.0.1:{port};\n    location / {{\n      proxy_pass http://backend;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n{extra}    }}\n  }}\n}}\n",
         common = COMMON,
         temps = TEMPS,
     )
