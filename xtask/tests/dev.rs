@@ -222,6 +222,19 @@ fn psql(port: u16, query: &str) -> String {
     String::from_utf8_lossy(&output.stdout).trim().to_owned()
 }
 
+/// A temporary directory and the stack's state directory inside it. Run as root, PostgreSQL
+/// runs as the postgres account, which must be able to enter the directory.
+fn scratch_state_dir() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod the temp dir");
+    let state_dir = dir.path().join("dev");
+    (dir, state_dir)
+}
+
 #[test]
 fn the_stack_serves_a_streamed_chat_through_nginx_and_stops_cleanly() {
     if !testkit::postgres::require() {
@@ -240,14 +253,7 @@ fn the_stack_serves_a_streamed_chat_through_nginx_and_stops_cleanly() {
         return;
     }
     let bin_dir = service_binaries();
-    let dir = tempfile::tempdir().expect("temp dir");
-    // Run as root, PostgreSQL runs as the postgres account, which must enter the directory.
-    std::fs::set_permissions(
-        dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .expect("chmod the temp dir");
-    let state_dir = dir.path().join("dev");
+    let (_dir, state_dir) = scratch_state_dir();
     let offset = free_offset();
     let stack = Stack {
         state_dir: state_dir.clone(),
@@ -564,13 +570,7 @@ fn the_foreground_stack_restarts_a_killed_process_and_stops_on_sigterm() {
         return;
     }
     let bin_dir = service_binaries();
-    let dir = tempfile::tempdir().expect("temp dir");
-    std::fs::set_permissions(
-        dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .expect("chmod the temp dir");
-    let state_dir = dir.path().join("dev");
+    let (dir, state_dir) = scratch_state_dir();
     let offset = free_offset();
     let log = std::fs::File::create(dir.path().join("stdout")).expect("stdout file");
     let mut supervisor = testkit::ProcessGuard::spawn(

@@ -19,12 +19,12 @@ const PALETTE: [AnsiColor; 6] = [
     AnsiColor::BrightBlue,
 ];
 
-/// Where lines go, shared by every pump.
+/// Where lines go, shared by every pump. Each line is written under stdout's own lock, so lines
+/// of different processes never interleave.
 #[derive(Debug, Clone)]
 pub struct Output {
     width: usize,
     colour: bool,
-    stdout: Arc<Mutex<()>>,
 }
 
 impl Output {
@@ -32,11 +32,7 @@ impl Output {
     pub fn new<'a>(names: impl IntoIterator<Item = &'a str>) -> Output {
         let width = names.into_iter().map(str::len).max().unwrap_or(0).max(3);
         let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-        Output {
-            width,
-            colour,
-            stdout: Arc::new(Mutex::new(())),
-        }
+        Output { width, colour }
     }
 
     /// One line of process `index` (its colour) on stdout.
@@ -64,7 +60,6 @@ impl Output {
     }
 
     fn print(&self, text: &str) {
-        let _guard = self.stdout.lock().unwrap_or_else(|p| p.into_inner());
         let mut stdout = std::io::stdout().lock();
         let _ = writeln!(stdout, "{text}");
         let _ = stdout.flush();
