@@ -33,8 +33,10 @@ pub struct GatewayBenchArgs {
     /// wrk threads.
     #[arg(long, default_value_t = 2)]
     threads: u32,
-    /// Rounds; each runs nginx then the gateway, so load from elsewhere hits both alike.
-    #[arg(long, default_value_t = 5)]
+    /// Rounds; each runs bare nginx, nginx with the header work, then the gateway, so load from
+    /// elsewhere hits all alike. Single rounds swing by about 8 % on 2 cores; nine give a median
+    /// that moves by a few percent between runs.
+    #[arg(long, default_value_t = 9)]
     rounds: u32,
 }
 
