@@ -19,7 +19,7 @@ pub struct BenchArgs {
 
 #[derive(Debug, clap::Subcommand)]
 enum Bench {
-    /// The gateway vs nginx `proxy_pass` (keepalive upstream) in front of the same upstream, with wrk.
+    /// The gateway vs nginx `proxy_pass` (keepalive upstream), bare and doing the same header work, in front of the same upstream, with wrk.
     Gateway(gateway::GatewayBenchArgs),
     /// cairn push vs `skopeo copy oci:… docker://…` to a local registry: first push and re-push.
     Push(push::PushBenchArgs),
