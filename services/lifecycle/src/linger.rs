@@ -1,8 +1,9 @@
-//! Lingering close for a refused request body: before a service answers early (413) while
-//! the client may still be sending, it reads and drops what is left, within bounds. Answering
-//! and closing with unread data makes the kernel reset the connection, and the client then
-//! never sees the answer (nginx's "lingering close" exists for the same reason). Past the
-//! bounds the connection is simply closed.
+//! Lingering close for a refused request body: when a service answers early while the client
+//! may still be sending, it reads and drops what is left, within bounds (the api before its
+//! 413; the gateway in the background while its answer goes out). Answering and closing with
+//! unread data makes the kernel reset the connection, and the client then never sees the
+//! answer (nginx's "lingering close" exists for the same reason). Past the bounds the
+//! connection is simply closed.
 
 use std::time::Duration;
 
