@@ -6,6 +6,7 @@
 //! Services use it as a dev-dependency only; xtask uses its tool lookup to install what the
 //! suite needs, and `postgres` to run the scratch clusters of `bench api` and `dev`. Nothing in a shipped service binary may depend on it.
 
+pub mod nginx_container;
 pub mod postgres;
 
 use std::net::TcpListener;

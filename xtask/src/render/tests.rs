@@ -248,26 +248,11 @@ fn etc_nginx(openssl: &Path) -> tempfile::TempDir {
             std::fs::write(path, text).expect("write");
         }
     }
-    std::fs::copy("/etc/nginx/mime.types", dir.path().join("mime.types")).expect("mime.types");
-    let certs = dir.path().join("certs");
-    std::fs::create_dir_all(&certs).expect("certs");
-    let status = Command::new(openssl)
-        .args(["req", "-x509", "-nodes", "-newkey", "ec", "-pkeyopt"])
-        .args([
-            "ec_paramgen_curve:prime256v1",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=cairn.example.com",
-        ])
-        .arg("-keyout")
-        .arg(certs.join("privkey.pem"))
-        .arg("-out")
-        .arg(certs.join("fullchain.pem"))
-        .stderr(std::process::Stdio::null())
-        .status()
-        .expect("openssl");
-    assert!(status.success());
+    testkit::nginx_container::add_mime_types_and_certificate(
+        openssl,
+        dir.path(),
+        "cairn.example.com",
+    );
     dir
 }
 
@@ -284,21 +269,14 @@ fn nginx_accepts_both_rendered_configs() {
         return;
     }
     let etc = etc_nginx(&openssl);
-    let hosts = etc.path().join("hosts");
-    std::fs::write(&hosts, "127.0.0.1 localhost gateway\n").expect("hosts");
-    // The container's layout: the folder over /etc/nginx, a fresh /tmp, the upstream names in
-    // /etc/hosts, loopback up for the local variant's listen address.
+    // The container's layout (`mount_prelude`), and loopback up for the local variant's listen
+    // address.
     let script = format!(
-        "set -e
-mount --bind {hosts} /etc/hosts
-mount --bind {etc} /etc/nginx
-mount -t tmpfs tmpfs /tmp
-ip link set lo up
+        "{prelude}ip link set lo up
 mkdir /tmp/local
 {nginx} -q -e stderr -t -p /etc/nginx/ -c /etc/nginx/nginx.conf
 {nginx} -q -e stderr -t -p /tmp/local/ -c /etc/nginx/nginx-local.conf",
-        hosts = hosts.display(),
-        etc = etc.path().display(),
+        prelude = testkit::nginx_container::mount_prelude(etc.path(), etc.path()),
         nginx = nginx.display(),
     );
     let output = Command::new(unshare)

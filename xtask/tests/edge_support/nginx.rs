@@ -124,39 +124,16 @@ pub fn container_etc_nginx(openssl: &Path, rendered: &Path, etc: &Path) -> PathB
         .status()
         .expect("cp");
     assert!(status.success(), "copying {}", rendered.display());
-    std::fs::copy("/etc/nginx/mime.types", etc.join("mime.types")).expect("mime.types");
-    let certs = etc.join("certs");
-    std::fs::create_dir_all(&certs).expect("certs");
-    let status = Command::new(openssl)
-        .args(["req", "-x509", "-nodes", "-newkey", "ec", "-pkeyopt"])
-        .args(["ec_paramgen_curve:prime256v1", "-days", "1"])
-        .args(["-subj", &format!("/CN={SERVER_NAME}")])
-        .args(["-addext", &format!("subjectAltName=DNS:{SERVER_NAME}")])
-        .arg("-keyout")
-        .arg(certs.join("privkey.pem"))
-        .arg("-out")
-        .arg(certs.join("fullchain.pem"))
-        .stderr(Stdio::null())
-        .status()
-        .expect("run openssl req");
-    assert!(status.success(), "openssl req");
-    certs.join("fullchain.pem")
+    testkit::nginx_container::add_mime_types_and_certificate(openssl, etc, SERVER_NAME)
 }
 
 /// The shipped TLS `nginx.conf` in a private mount namespace: `etc` over /etc/nginx, a hosts
 /// file naming `gateway` over /etc/hosts, a fresh tmpfs over /tmp (its pid and temp paths). The
 /// network namespace is the host's, so it listens on loopback next to the gateway.
 pub fn start_tls_nginx(nginx: &Path, unshare: &Path, etc: &Path, dir: &Path) -> ProcessGuard {
-    let hosts = dir.join("hosts");
-    std::fs::write(&hosts, "127.0.0.1 localhost gateway\n").expect("hosts");
     let script = format!(
-        "set -e
-mount --bind {hosts} /etc/hosts
-mount --bind {etc} /etc/nginx
-mount -t tmpfs tmpfs /tmp
-exec {nginx} -e stderr -p /etc/nginx/ -c /etc/nginx/nginx.conf -g 'daemon off; master_process off;'",
-        hosts = hosts.display(),
-        etc = etc.display(),
+        "{prelude}exec {nginx} -e stderr -p /etc/nginx/ -c /etc/nginx/nginx.conf -g 'daemon off; master_process off;'",
+        prelude = testkit::nginx_container::mount_prelude(etc, dir),
         nginx = nginx.display(),
     );
     ProcessGuard::spawn(
