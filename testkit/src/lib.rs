@@ -8,6 +8,7 @@
 
 pub mod nginx_container;
 pub mod postgres;
+pub mod sse;
 
 use std::net::TcpListener;
 use std::path::PathBuf;

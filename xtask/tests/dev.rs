@@ -162,19 +162,11 @@ fn read_events(mut body: impl Read) -> Vec<Event> {
         pending.push_str(&String::from_utf8_lossy(&buffer[..n]));
         while let Some(end) = pending.find("\n\n") {
             let block: String = pending.drain(..end + 2).collect();
-            let mut name = "message".to_owned();
-            let mut data = String::new();
-            for line in block.lines() {
-                if let Some(value) = line.strip_prefix("event:") {
-                    name = value.trim().to_owned();
-                } else if let Some(value) = line.strip_prefix("data:") {
-                    data.push_str(value.trim_start());
-                }
-            }
-            if !data.is_empty() {
+            let block = testkit::sse::parse_block(&block);
+            if !block.data.is_empty() {
                 events.push(Event {
-                    name,
-                    data: serde_json::from_str(&data).expect("event data is JSON"),
+                    name: block.event,
+                    data: serde_json::from_str(&block.data).expect("event data is JSON"),
                     read,
                 });
             }

@@ -243,22 +243,12 @@ pub struct SseEvent {
 pub fn parse_sse(text: &str) -> (Vec<SseEvent>, usize) {
     let mut events = Vec::new();
     let mut comments = 0;
-    for block in text.split("\n\n") {
-        let mut event = String::from("message");
-        let mut data = String::new();
-        for line in block.lines() {
-            if line.starts_with(':') {
-                comments += 1;
-            } else if let Some(name) = line.strip_prefix("event:") {
-                event = name.trim().to_owned();
-            } else if let Some(value) = line.strip_prefix("data:") {
-                data.push_str(value.trim_start());
-            }
-        }
-        if !data.is_empty() {
+    for block in text.split("\n\n").map(testkit::sse::parse_block) {
+        comments += block.comments;
+        if !block.data.is_empty() {
             events.push(SseEvent {
-                event,
-                data: serde_json::from_str(&data).expect("event data is JSON"),
+                event: block.event,
+                data: serde_json::from_str(&block.data).expect("event data is JSON"),
             });
         }
     }
