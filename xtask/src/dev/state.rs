@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::plan::Health;
+use crate::image::layout::write_atomically;
 
 /// Paths under the state directory.
 #[derive(Debug, Clone)]
@@ -86,12 +87,8 @@ impl StackState {
 
 /// Writes the state through a temporary file and a rename.
 pub fn write(paths: &StatePaths, state: &StackState) -> Result<()> {
-    let path = paths.state_file();
-    let temporary = path.with_extension("json.tmp");
     let text = serde_json::to_string_pretty(state).context("serialising the stack state")?;
-    std::fs::write(&temporary, text).with_context(|| format!("writing {}", temporary.display()))?;
-    std::fs::rename(&temporary, &path)
-        .with_context(|| format!("renaming {} to {}", temporary.display(), path.display()))
+    write_atomically(&paths.state_file(), text.as_bytes())
 }
 
 /// The state file, or None when no stack ever ran from this directory.

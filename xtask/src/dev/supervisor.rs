@@ -23,6 +23,7 @@ use super::logs::{self, Output};
 use super::plan::{DevPlan, DevProcess, Launch, Prepare, StopSignal};
 use super::probe;
 use super::state::{self, Phase, ProcessState, StackState, StatePaths};
+use crate::image::layout::write_atomically;
 
 /// How often the supervisor looks at its processes.
 const TICK: Duration = Duration::from_millis(50);
@@ -587,10 +588,7 @@ fn write_file(path: &Path, text: &str) -> Result<()> {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("creating {}", parent.display()))?;
     }
-    let temporary = path.with_extension("tmp");
-    std::fs::write(&temporary, text).with_context(|| format!("writing {}", temporary.display()))?;
-    std::fs::rename(&temporary, path)
-        .with_context(|| format!("renaming {} to {}", temporary.display(), path.display()))
+    write_atomically(path, text.as_bytes())
 }
 
 #[cfg(test)]
