@@ -71,7 +71,6 @@ pub struct ProcessState {
     pub restarts: u32,
     /// Every pid this process had in this run.
     pub pids: Vec<u32>,
-    pub log: PathBuf,
 }
 
 impl StackState {
@@ -155,7 +154,6 @@ mod tests {
                 healthy: true,
                 restarts: 0,
                 pids: vec![2],
-                log: paths.logs_dir().join("postgres.log"),
             }],
         };
         write(&paths, &state).expect("write");

@@ -430,7 +430,6 @@ impl<'a> Supervisor<'a> {
     }
 
     fn save(&self) -> Result<()> {
-        let logs_dir = self.paths.logs_dir();
         let processes = self
             .plan
             .processes
@@ -444,7 +443,6 @@ impl<'a> Supervisor<'a> {
                 healthy: matches!(slot.state, SlotState::Healthy),
                 restarts: slot.restarts,
                 pids: slot.pids.clone(),
-                log: logs::log_path(&logs_dir, &process.name),
             })
             .collect();
         state::write(
