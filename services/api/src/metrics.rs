@@ -1,11 +1,13 @@
 //! Prometheus metrics: the process-wide recorder, the `/metrics` handler and the middleware
 //! that counts and times every request by its route template (never by raw path, so ids do not
-//! explode the label set).
+//! explode the label set) and its method (the standard ones by name, any other as `OTHER`, so
+//! made-up methods do not either).
 
 use std::sync::OnceLock;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
+use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -51,10 +53,26 @@ pub async fn render(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
+/// The `method` label: one of the standard methods, or `OTHER`.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "OTHER",
+    }
+}
+
 /// Counts, times and logs one request.
 pub async fn track(request: Request, next: Next) -> Response {
     let start = Instant::now();
-    let method = request.method().to_string();
+    let method = method_label(request.method());
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -64,7 +82,7 @@ pub async fn track(request: Request, next: Next) -> Response {
     let status = response.status().as_u16().to_string();
     let elapsed = start.elapsed();
     let labels = vec![
-        metrics::Label::new("method", method.clone()),
+        metrics::Label::new("method", method),
         metrics::Label::new("route", route.clone()),
         metrics::Label::new("status", status.clone()),
     ];
@@ -72,4 +90,19 @@ pub async fn track(request: Request, next: Next) -> Response {
     metrics::histogram!("api_http_request_duration_seconds", labels).record(elapsed.as_secs_f64());
     tracing::info!(%method, %route, %status, elapsed_ms = elapsed.as_millis() as u64, "request");
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_methods_share_one_label() {
+        assert_eq!(method_label(&Method::GET), "GET");
+        assert_eq!(method_label(&Method::DELETE), "DELETE");
+        for made_up in ["ATTACK1", "get", "X-ANYTHING"] {
+            let method = Method::from_bytes(made_up.as_bytes()).expect("method");
+            assert_eq!(method_label(&method), "OTHER", "{made_up}");
+        }
+    }
 }
