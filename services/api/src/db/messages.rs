@@ -81,16 +81,55 @@ pub async fn insert_reply(
     .await
 }
 
-/// Every message of a session, oldest first.
-pub async fn list(pool: &PgPool, session_id: Uuid) -> Result<Vec<Message>, sqlx::Error> {
-    sqlx::query_as::<_, Message>(concat!(
+/// One page of a session's messages, oldest first.
+#[derive(Debug, Clone)]
+pub struct MessagePage {
+    pub messages: Vec<Message>,
+    /// Whether the session has messages older than this page.
+    pub has_more: bool,
+}
+
+/// The newest `limit` messages of a session older than the message `before` (the newest of all
+/// without it), oldest first. `None` when `before` is not a message of this session.
+pub async fn page(
+    pool: &PgPool,
+    session_id: Uuid,
+    before: Option<Uuid>,
+    limit: i64,
+) -> Result<Option<MessagePage>, sqlx::Error> {
+    let below = match before {
+        None => i64::MAX,
+        Some(id) => {
+            let seq: Option<i64> =
+                sqlx::query_scalar("SELECT seq FROM messages WHERE id = $1 AND session_id = $2")
+                    .bind(id)
+                    .bind(session_id)
+                    .fetch_optional(pool)
+                    .await?;
+            match seq {
+                Some(seq) => seq,
+                None => return Ok(None),
+            }
+        }
+    };
+    // One more than asked tells whether older messages remain.
+    let mut newest_first = sqlx::query_as::<_, Message>(concat!(
         "SELECT ",
         columns!(),
-        " FROM messages WHERE session_id = $1 ORDER BY seq"
+        " FROM messages WHERE session_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3"
     ))
     .bind(session_id)
+    .bind(below)
+    .bind(limit + 1)
     .fetch_all(pool)
-    .await
+    .await?;
+    let has_more = newest_first.len() as i64 > limit;
+    newest_first.truncate(limit as usize);
+    newest_first.reverse();
+    Ok(Some(MessagePage {
+        messages: newest_first,
+        has_more,
+    }))
 }
 
 /// The last `limit` messages of a session, oldest first (the prompt's history window).

@@ -1,5 +1,9 @@
-//! `/api/sessions`: create, list (paginated), get with messages, delete. Only the owner sees
-//! or deletes a session; someone else's is a 403, a missing one a 404.
+//! `/api/sessions`: create, list (paginated), get with one page of messages, delete. Only the
+//! owner sees or deletes a session; someone else's is a 403, a missing one a 404.
+//!
+//! `GET /api/sessions/{id}?limit=&before=` answers the newest `limit` messages (default
+//! [`DEFAULT_MESSAGES`], at most [`MAX_MESSAGES`]) older than message `before`, oldest first, with
+//! `has_more` and `next_before` (the cursor for the page before, `null` on the first message).
 
 use axum::Json;
 use axum::extract::{Query, State};
@@ -17,6 +21,10 @@ use crate::error::ApiError;
 
 const MAX_TITLE_CHARS: usize = 200;
 const MAX_PAGE: i64 = 100;
+/// Messages of a session answered when the client does not say how many.
+const DEFAULT_MESSAGES: i64 = 50;
+/// The most messages of a session answered at once.
+const MAX_MESSAGES: i64 = 200;
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -35,6 +43,18 @@ pub struct Page {
 
 fn default_limit() -> i64 {
     20
+}
+
+#[derive(Debug, Deserialize)]
+pub struct MessagesPage {
+    #[serde(default = "default_messages")]
+    limit: i64,
+    #[serde(default)]
+    before: Option<Uuid>,
+}
+
+fn default_messages() -> i64 {
+    DEFAULT_MESSAGES
 }
 
 /// The caller's session `id`, or why not.
@@ -94,10 +114,31 @@ pub async fn get(
     State(state): State<AppState>,
     caller: AuthUser,
     PathId(id): PathId,
+    page: Result<Query<MessagesPage>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    let Query(page) = page?;
+    if !(1..=MAX_MESSAGES).contains(&page.limit) {
+        return Err(ApiError::Unprocessable(format!(
+            "limit must be 1 to {MAX_MESSAGES}"
+        )));
+    }
     let session = owned(&state, caller, id).await?;
-    let messages = messages::list(&state.pool, session.id).await?;
-    Ok(Json(json!({ "session": session, "messages": messages })))
+    let found = messages::page(&state.pool, session.id, page.before, page.limit).await?;
+    let Some(found) = found else {
+        return Err(ApiError::Unprocessable(
+            "before: not a message of this session".into(),
+        ));
+    };
+    let next_before = found
+        .has_more
+        .then(|| found.messages.first().map(|m| m.id))
+        .flatten();
+    Ok(Json(json!({
+        "session": session,
+        "messages": found.messages,
+        "has_more": found.has_more,
+        "next_before": next_before,
+    })))
 }
 
 pub async fn delete(
