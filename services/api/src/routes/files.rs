@@ -1,17 +1,18 @@
 //! `/api/files`: upload (`POST /api/files?name=NAME`, the raw bytes as the body, their type in
 //! `Content-Type`), list, download (streamed from the store), delete. Only the owner reaches a
-//! file. The size limit is enforced while reading, so an oversize upload never reaches the
-//! store; the bytes are written before the metadata row, and removed again when the row fails.
+//! file. The body streams to the store as it arrives ([`storage::put_stream`]: one `put` under a
+//! part, a multipart upload above), so an upload costs a few parts of memory whatever its size;
+//! the size limit is enforced while streaming and a refused or broken upload is aborted, leaving
+//! nothing. The bytes are written before the metadata row, and removed again when the row fails.
 
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
-use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
+use object_store::ObjectStoreExt;
 use object_store::path::Path;
-use object_store::{ObjectStoreExt, PutPayload};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -22,6 +23,7 @@ use crate::auth::AuthUser;
 use crate::db::files::{self, FileRecord};
 use crate::db::sessions::Lookup;
 use crate::error::ApiError;
+use crate::storage::{self, UploadError};
 
 const MAX_NAME_CHARS: usize = 255;
 
@@ -69,28 +71,40 @@ fn allowed_type(headers: &HeaderMap, allowed: &[String]) -> Result<String, ApiEr
     }
 }
 
-/// Reads the whole body, failing with 413 as soon as it exceeds `limit` bytes.
-async fn read_limited(body: Body, limit: usize) -> Result<Vec<Bytes>, ApiError> {
-    let too_large = || ApiError::PayloadTooLarge(format!("upload larger than {limit} bytes"));
-    let mut chunks = Vec::new();
-    let mut total = 0usize;
+/// Streams the body to `location`, never holding more than a few parts of it in memory; 413 as
+/// soon as it passes `limit` bytes (the rest of the body is read and dropped, briefly, so the
+/// client hears the 413). Nothing stays in the store when it fails.
+async fn store_body(
+    state: &AppState,
+    location: &Path,
+    body: Body,
+    limit: usize,
+) -> Result<u64, ApiError> {
     let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|err| {
+    let mut chunks = (&mut stream).map(|chunk| {
+        chunk.map_err(|err| {
+            // The router's DefaultBodyLimit ends the body with a length-limit error.
             if err.to_string().contains("length limit") {
-                too_large()
+                UploadError::TooLarge { limit }
             } else {
-                ApiError::BadRequest(format!("reading the upload: {err}"))
+                UploadError::Body(err.to_string())
             }
-        })?;
-        total += chunk.len();
-        if total > limit {
+        })
+    });
+    let stored = storage::put_stream(state.store.as_ref(), location, &mut chunks, limit).await;
+    match stored {
+        Ok(size) => Ok(size),
+        Err(UploadError::TooLarge { limit }) => {
             lifecycle::linger::discard_rest(stream).await;
-            return Err(too_large());
+            Err(ApiError::PayloadTooLarge(format!(
+                "upload larger than {limit} bytes"
+            )))
         }
-        chunks.push(chunk);
+        Err(UploadError::Body(reason)) => Err(ApiError::BadRequest(format!(
+            "reading the upload: {reason}"
+        ))),
+        Err(UploadError::Store(err)) => Err(err.into()),
     }
-    Ok(chunks)
 }
 
 pub async fn upload(
@@ -114,14 +128,9 @@ pub async fn upload(
             "upload larger than {limit} bytes"
         )));
     }
-    let chunks = read_limited(body, limit).await?;
-    let size: usize = chunks.iter().map(Bytes::len).sum();
     let id = Uuid::new_v4();
     let location = Path::from(files::object_key(caller.id, id));
-    state
-        .store
-        .put(&location, PutPayload::from_iter(chunks))
-        .await?;
+    let size = store_body(&state, &location, body, limit).await?;
     let record = files::insert(
         &state.pool,
         id,
