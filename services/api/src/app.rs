@@ -11,9 +11,11 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::password::Hashing;
 use crate::auth::token::TokenKeys;
 use crate::config::Config;
 use crate::llm::LlmClient;
+use crate::routes::health::ReadinessCache;
 use crate::routes::{auth, chat, files, health, sessions};
 use crate::storage::Store;
 use crate::streams::StreamLimiter;
@@ -23,6 +25,10 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub pool: PgPool,
     pub tokens: TokenKeys,
+    /// Password hashing, bounded in concurrency.
+    pub hashing: Hashing,
+    /// The last readiness answer, reused for `API_READY_CACHE_MS`.
+    pub readiness: ReadinessCache,
     pub llm: LlmClient,
     pub store: Store,
     pub streams: StreamLimiter,

@@ -60,6 +60,12 @@ pub struct LlmConfig {
     pub first_token_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_tokens: u32,
+    /// The model's context window in tokens (the inference server's `MAX_MODEL_LEN`): the
+    /// prompt gets what is left after `max_tokens`.
+    pub context_tokens: u32,
+    /// Bytes of text counted as one token when estimating a prompt's size; small enough that
+    /// the estimate stays above what the tokenizer really produces.
+    pub bytes_per_token: u32,
 }
 
 impl std::fmt::Debug for LlmConfig {
@@ -87,6 +93,12 @@ pub struct Limits {
     pub history_messages: usize,
     /// Content types an upload may have.
     pub upload_types: Vec<String>,
+    /// Password hashes (Argon2, about 19 MiB each) computed at once.
+    pub password_hashes: usize,
+    /// How long a login or register waits for a hashing slot before a 503.
+    pub password_wait: Duration,
+    /// How long a readiness answer is reused before the dependencies are asked again.
+    pub ready_cache: Duration,
 }
 
 #[derive(Clone)]
@@ -132,7 +144,7 @@ impl Config {
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
         let env = Env(&get);
         let dev_mode = env.flag("API_DEV_MODE")?;
-        Ok(Config {
+        Config {
             listen: env.parsed("API_LISTEN", "0.0.0.0:8000")?,
             database_url: env.required("DATABASE_URL")?,
             jwt_secret: jwt_secret(&env, dev_mode)?,
@@ -149,6 +161,8 @@ impl Config {
                 first_token_timeout: env.millis("LLM_FIRST_TOKEN_TIMEOUT_MS", "60000")?,
                 idle_timeout: env.millis("LLM_IDLE_TIMEOUT_MS", "30000")?,
                 max_tokens: env.parsed("LLM_MAX_TOKENS", "512")?,
+                context_tokens: env.parsed("LLM_CONTEXT_TOKENS", "8192")?,
+                bytes_per_token: env.positive("LLM_BYTES_PER_TOKEN", "3")?,
             },
             storage: storage(&env)?,
             limits: Limits {
@@ -163,11 +177,35 @@ impl Config {
                     .map(|t| t.trim().to_ascii_lowercase())
                     .filter(|t| !t.is_empty())
                     .collect(),
+                password_hashes: env.positive("API_PASSWORD_HASHES", &default_password_hashes())?,
+                password_wait: env.millis("API_PASSWORD_WAIT_MS", "2000")?,
+                ready_cache: env.millis("API_READY_CACHE_MS", "3000")?,
             },
             system_prompt: env.or("API_SYSTEM_PROMPT", DEFAULT_SYSTEM_PROMPT),
             keepalive: env.millis("API_SSE_KEEPALIVE_MS", "15000")?,
-        })
+        }
+        .checked()
     }
+
+    /// Rejects settings that parse one by one but contradict each other.
+    fn checked(self) -> Result<Config, ConfigError> {
+        if self.llm.context_tokens <= self.llm.max_tokens {
+            return Err(ConfigError::Invalid {
+                name: "LLM_CONTEXT_TOKENS",
+                reason: format!(
+                    "{} leaves no room for a prompt next to LLM_MAX_TOKENS {}",
+                    self.llm.context_tokens, self.llm.max_tokens
+                ),
+            });
+        }
+        Ok(self)
+    }
+}
+
+/// Two hashing slots per CPU: enough to keep every core busy, bounded in memory.
+fn default_password_hashes() -> String {
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    (2 * cpus).to_string()
 }
 
 fn jwt_secret(env: &Env<'_>, dev_mode: bool) -> Result<String, ConfigError> {
@@ -233,6 +271,22 @@ impl Env<'_> {
             name,
             reason: format!("{raw:?}: {err}"),
         })
+    }
+
+    /// A number of at least 1.
+    fn positive<T>(&self, name: &'static str, default: &str) -> Result<T, ConfigError>
+    where
+        T: std::str::FromStr + PartialOrd + From<u8>,
+        T::Err: std::fmt::Display,
+    {
+        let value: T = self.parsed(name, default)?;
+        if value < T::from(1) {
+            return Err(ConfigError::Invalid {
+                name,
+                reason: "must be at least 1".to_owned(),
+            });
+        }
+        Ok(value)
     }
 
     fn millis(&self, name: &'static str, default: &str) -> Result<Duration, ConfigError> {
@@ -328,6 +382,21 @@ mod tests {
         vars.push(("JWT_SECRET", "short"));
         let err = parse(&vars).expect_err("short secret");
         assert!(err.to_string().contains("JWT_SECRET"), "{err}");
+    }
+
+    #[test]
+    fn the_context_must_leave_room_for_a_prompt() {
+        let mut vars = BASE.to_vec();
+        vars.push(("LLM_CONTEXT_TOKENS", "512"));
+        let err = parse(&vars).expect_err("no room");
+        assert!(err.to_string().contains("LLM_CONTEXT_TOKENS"), "{err}");
+        let mut vars = BASE.to_vec();
+        vars.push(("API_PASSWORD_HASHES", "0"));
+        let err = parse(&vars).expect_err("no hashing at all");
+        assert!(err.to_string().contains("API_PASSWORD_HASHES"), "{err}");
+        let config = parse(BASE).expect("defaults");
+        assert_eq!(config.llm.context_tokens, 8192);
+        assert!(config.limits.password_hashes >= 2);
     }
 
     #[test]

@@ -1,12 +1,18 @@
 //! The api's one error type and the one place errors become HTTP responses: every failure a
 //! client can see is `{"error": {"code": "...", "message": "..."}}` with a fitting status.
-//! Internal causes (database, storage, LLM) are logged here and never shown to the client.
+//! Internal causes (database, storage, LLM) are logged here and never shown to the client:
+//! a failing LLM becomes one of the codes of [`LlmFailure`], never its URL or its body.
 
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
+
+use crate::llm::LlmFailure;
+
+/// What an overloaded api asks the client to wait before trying again, seconds.
+const RETRY_AFTER_SECONDS: &str = "1";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -37,12 +43,15 @@ pub enum ApiError {
     /// 429: too many concurrent LLM streams for this user.
     #[error("{0}")]
     TooManyRequests(String),
-    /// 502: the LLM answered badly or not at all.
+    /// 502: the LLM answered badly or not at all (what it said is logged, not shown).
     #[error("{0}")]
-    Upstream(String),
+    Llm(LlmFailure),
     /// 503: a dependency is not ready.
     #[error("{0}")]
     Unavailable(String),
+    /// 503 with `Retry-After`: a bounded resource (password hashing) is busy.
+    #[error("{0}")]
+    Overloaded(String),
     /// 500: logged with its cause, shown to the client without it.
     #[error("internal error: {0}")]
     Internal(String),
@@ -60,8 +69,8 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Upstream(_) => StatusCode::BAD_GATEWAY,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Llm(_) => StatusCode::BAD_GATEWAY,
+            ApiError::Unavailable(_) | ApiError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -78,8 +87,9 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::Unprocessable(_) => "unprocessable",
             ApiError::TooManyRequests(_) => "too_many_requests",
-            ApiError::Upstream(_) => "upstream_error",
+            ApiError::Llm(failure) => failure.code(),
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::Overloaded(_) => "overloaded",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -103,7 +113,14 @@ impl IntoResponse for ApiError {
         if let ApiError::Internal(cause) = &self {
             tracing::error!(%cause, "internal error");
         }
-        (self.status(), Json(self.body())).into_response()
+        let mut response = (self.status(), Json(self.body())).into_response();
+        if let ApiError::Overloaded(_) = &self {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_static(RETRY_AFTER_SECONDS),
+            );
+        }
+        response
     }
 }
 

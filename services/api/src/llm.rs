@@ -2,12 +2,18 @@
 //! with `stream: true`). It turns the server-sent chunks into [`LlmEvent`]s and knows nothing of
 //! sessions, users or HTTP routes. Parsing a chunk is pure ([`parse_chunk`]); the time limits
 //! between events are applied by the caller, which knows whether a first token has arrived.
+//!
+//! Every completion request names the user it is made for in [`END_USER_HEADER`]: the api calls
+//! the gateway with one API key for all users, and the gateway keys its per-user limits on this
+//! header (it honours it only from API-key callers). An [`LlmError`] holds what the LLM said, for
+//! the log; clients only ever see its [`LlmFailure`].
 
 use std::pin::Pin;
 
 use eventsource_stream::Eventsource;
 use futures_util::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
+use uuid::Uuid;
 
 use crate::config::LlmConfig;
 use crate::db::messages::Usage;
@@ -38,6 +44,53 @@ pub enum LlmError {
     Stream(String),
     #[error("the LLM sent a chunk that is not a chat.completion.chunk: {0}")]
     BadChunk(String),
+}
+
+/// The header naming the end user of a completion request (agreed with the gateway).
+pub const END_USER_HEADER: &str = "x-cairn-end-user";
+
+/// What a client may learn of an LLM failure: a code and a fixed sentence, never the LLM's URL,
+/// status body or stream contents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum LlmFailure {
+    #[error("the language model is unavailable; try again shortly")]
+    Unavailable,
+    #[error("the language model refused the request")]
+    Rejected,
+    #[error("the language model sent nothing in time")]
+    Timeout,
+    #[error("the language model's answer broke off")]
+    Broken,
+    #[error("the language model sent an answer that could not be read")]
+    BadResponse,
+}
+
+impl LlmFailure {
+    /// The error code clients see.
+    pub fn code(self) -> &'static str {
+        match self {
+            LlmFailure::Unavailable => "llm_unavailable",
+            LlmFailure::Rejected => "llm_rejected",
+            LlmFailure::Timeout => "llm_timeout",
+            LlmFailure::Broken => "llm_stream_broken",
+            LlmFailure::BadResponse => "llm_bad_response",
+        }
+    }
+}
+
+impl LlmError {
+    /// The public side of this error.
+    pub fn failure(&self) -> LlmFailure {
+        match self {
+            LlmError::Connect { .. } => LlmFailure::Unavailable,
+            LlmError::Status { status, .. } if *status == 429 || *status >= 500 => {
+                LlmFailure::Unavailable
+            }
+            LlmError::Status { .. } => LlmFailure::Rejected,
+            LlmError::Stream(_) => LlmFailure::Broken,
+            LlmError::BadChunk(_) => LlmFailure::BadResponse,
+        }
+    }
 }
 
 pub type LlmStream = Pin<Box<dyn Stream<Item = Result<LlmEvent, LlmError>> + Send>>;
@@ -131,9 +184,13 @@ impl LlmClient {
         }
     }
 
-    /// Starts a streamed completion. Resolves once the response headers arrived (bounded by
-    /// the first-token timeout in the caller).
-    pub async fn stream(&self, messages: &[PromptMessage]) -> Result<LlmStream, LlmError> {
+    /// Starts a streamed completion for `end_user`. Resolves once the response headers arrived
+    /// (bounded by the first-token timeout in the caller).
+    pub async fn stream(
+        &self,
+        messages: &[PromptMessage],
+        end_user: Uuid,
+    ) -> Result<LlmStream, LlmError> {
         let url = format!("{}/chat/completions", self.config.base_url);
         let body = ChatRequest {
             model: &self.config.model,
@@ -149,6 +206,7 @@ impl LlmClient {
             .authorized(self.http.post(&url))
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header(reqwest::header::ACCEPT, "text/event-stream")
+            .header(END_USER_HEADER, end_user.to_string())
             .body(body)
             .send()
             .await
@@ -251,6 +309,40 @@ mod tests {
         let only_nul =
             r#"{"choices":[{"index":0,"delta":{"content":"\u0000"},"finish_reason":null}]}"#;
         assert_eq!(parse_chunk(only_nul).expect("parse"), vec![]);
+    }
+
+    #[test]
+    fn failures_show_a_code_and_never_what_the_llm_said() {
+        let secret = "http://10.0.0.7:8001/v1 said sk-secret";
+        for (err, code) in [
+            (
+                LlmError::Connect {
+                    url: secret.into(),
+                    reason: secret.into(),
+                },
+                "llm_unavailable",
+            ),
+            (
+                LlmError::Status {
+                    status: 503,
+                    body: secret.into(),
+                },
+                "llm_unavailable",
+            ),
+            (
+                LlmError::Status {
+                    status: 400,
+                    body: secret.into(),
+                },
+                "llm_rejected",
+            ),
+            (LlmError::Stream(secret.into()), "llm_stream_broken"),
+            (LlmError::BadChunk(secret.into()), "llm_bad_response"),
+        ] {
+            let failure = err.failure();
+            assert_eq!(failure.code(), code);
+            assert!(!failure.to_string().contains("secret"), "{failure}");
+        }
     }
 
     #[test]

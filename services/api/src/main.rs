@@ -130,6 +130,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     tokio::spawn(metrics::upkeep(metrics::handle()));
     let state = app::AppState {
         tokens: auth::token::TokenKeys::new(&config.jwt_secret, config.token_ttl),
+        hashing: auth::password::Hashing::new(
+            config.limits.password_hashes,
+            config.limits.password_wait,
+        ),
+        readiness: routes::health::ReadinessCache::new(config.limits.ready_cache),
         streams: streams::StreamLimiter::new(config.limits.streams_per_user),
         config: Arc::new(config),
         pool,

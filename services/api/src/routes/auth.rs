@@ -1,4 +1,8 @@
 //! `POST /api/auth/register`, `POST /api/auth/login`, `GET /api/auth/me`.
+//!
+//! Neither answer helps enumerate accounts more than registration itself must: a taken email is
+//! a 409 whose message does not repeat the address, and a login for an unknown email runs the
+//! same password hash as a wrong password (see [`crate::auth::password`]).
 
 use axum::Json;
 use axum::extract::State;
@@ -8,7 +12,7 @@ use serde_json::{Value, json};
 
 use super::JsonBody;
 use crate::app::AppState;
-use crate::auth::{AuthUser, password};
+use crate::auth::AuthUser;
 use crate::db::users::{self, InsertUserError};
 use crate::error::ApiError;
 
@@ -60,12 +64,13 @@ pub async fn register(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let email = normalise_email(&credentials.email)?;
     check_password(&credentials.password)?;
-    let hash = password::hash_blocking(credentials.password).await?;
+    // Hashed before the insert, so a taken email costs the same as a new one.
+    let hash = state.hashing.hash(credentials.password).await?;
     let user = users::insert(&state.pool, &email, &hash)
         .await
         .map_err(|err| match err {
             InsertUserError::EmailTaken => {
-                ApiError::Conflict(format!("email {email} is already registered"))
+                ApiError::Conflict("an account with this email already exists".into())
             }
             InsertUserError::Database(db) => db.into(),
         })?;
@@ -79,13 +84,13 @@ pub async fn login(
 ) -> Result<Json<Value>, ApiError> {
     let wrong = || ApiError::Unauthorized("wrong email or password".into());
     let email = credentials.email.trim().to_lowercase();
-    let user = users::find_by_email(&state.pool, &email)
-        .await?
-        .ok_or_else(wrong)?;
-    if !password::verify_blocking(credentials.password, user.password_hash.clone()).await {
-        return Err(wrong());
+    let user = users::find_by_email(&state.pool, &email).await?;
+    let stored = user.as_ref().map(|user| user.password_hash.clone());
+    let matches = state.hashing.verify(credentials.password, stored).await?;
+    match user {
+        Some(user) if matches => Ok(Json(session_body(&state, &user)?)),
+        _ => Err(wrong()),
     }
-    Ok(Json(session_body(&state, &user)?))
 }
 
 pub async fn me(

@@ -10,7 +10,8 @@
 //! `done` (`{"message_id", "finish_reason", "usage"}`) or `error` (the uniform error body plus
 //! `message_id` of the partial reply, `null` when it could not be stored; a complete reply that
 //! could not be stored ends in `error` too, never in a `done` without an id). Comment lines keep
-//! idle connections alive.
+//! idle connections alive. An LLM failure reaches the client as a code (`llm_unavailable`,
+//! `llm_timeout`, …); what the LLM said and where it lives go to the log only.
 
 use std::convert::Infallible;
 use std::time::Instant;
@@ -30,7 +31,7 @@ use crate::auth::AuthUser;
 use crate::db::messages::{self, ReplyStatus, Usage};
 use crate::db::sessions;
 use crate::error::ApiError;
-use crate::llm::{LlmEvent, LlmStream, PromptMessage};
+use crate::llm::{LlmError, LlmEvent, LlmFailure, LlmStream, PromptMessage};
 use crate::streams::StreamPermit;
 
 #[derive(Debug, Deserialize)]
@@ -89,14 +90,14 @@ pub async fn chat(
     })?;
     let user_message =
         messages::insert_user_message(&state.pool, session.id, &request.message).await?;
-    let window = state.config.limits.history_messages;
-    let history = messages::recent(&state.pool, session.id, window as i64).await?;
-    let prompt = crate::prompt::build(&state.config.system_prompt, &history, window);
+    let budget = crate::prompt::Budget::of(&state.config);
+    let history = messages::recent(&state.pool, session.id, budget.messages as i64).await?;
+    let prompt = crate::prompt::build(&state.config.system_prompt, &history, &budget);
     let (tx, rx) = mpsc::channel::<Event>(64);
     let opening = json!({ "session_id": session.id, "user_message_id": user_message.id });
     // The channel is fresh and has room: this cannot block.
     let _ = tx.try_send(event("session", &opening));
-    tokio::spawn(relay(state.clone(), session.id, prompt, tx, permit));
+    tokio::spawn(relay(state.clone(), caller, session.id, prompt, tx, permit));
     let events = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|event| (Ok(event), rx))
     });
@@ -110,13 +111,14 @@ fn event(name: &str, data: &serde_json::Value) -> Event {
 /// Reads the LLM, forwards deltas, then stores the reply however the stream ended.
 async fn relay(
     state: AppState,
+    caller: AuthUser,
     session_id: Uuid,
     prompt: Vec<PromptMessage>,
     tx: mpsc::Sender<Event>,
     permit: StreamPermit,
 ) {
     let mut reply = Reply::default();
-    let ending = pump(&state, &prompt, &tx, &mut reply).await;
+    let ending = pump(&state, caller, &prompt, &tx, &mut reply).await;
     // The LLM stream is over: free the user's slot before the reply becomes visible, so a
     // client that sees the stored reply can always start the next stream.
     drop(permit);
@@ -161,6 +163,17 @@ async fn relay(
     let _ = tx.send(last).await;
 }
 
+/// Logs what the LLM said; the client gets only the failure's code.
+fn llm_failed(err: &LlmError) -> Ending {
+    tracing::warn!(error = %err, "the LLM request failed");
+    Ending::Failed(ApiError::Llm(err.failure()))
+}
+
+fn timed_out(what: std::fmt::Arguments<'_>) -> Ending {
+    tracing::warn!("{what}");
+    Ending::Failed(ApiError::Llm(LlmFailure::Timeout))
+}
+
 fn error_event(err: &ApiError, message_id: Option<Uuid>) -> Event {
     let mut body = err.body();
     body["message_id"] = json!(message_id);
@@ -171,6 +184,7 @@ fn error_event(err: &ApiError, message_id: Option<Uuid>) -> Event {
 /// the server shuts down. The reply accumulates in `reply` whatever happens.
 async fn pump(
     state: &AppState,
+    caller: AuthUser,
     prompt: &[PromptMessage],
     tx: &mpsc::Sender<Event>,
     reply: &mut Reply,
@@ -179,11 +193,11 @@ async fn pump(
     let started = Instant::now();
     let first_deadline = tokio::time::Instant::now() + limits.first_token_timeout;
     let mut stream: LlmStream = tokio::select! {
-        opened = tokio::time::timeout_at(first_deadline, state.llm.stream(prompt)) => match opened {
+        opened = tokio::time::timeout_at(first_deadline, state.llm.stream(prompt, caller.id)) => match opened {
             Ok(Ok(stream)) => stream,
-            Ok(Err(err)) => return Ending::Failed(ApiError::Upstream(err.to_string())),
-            Err(_) => return Ending::Failed(ApiError::Upstream(format!(
-                "the LLM did not answer within {:?}", limits.first_token_timeout))),
+            Ok(Err(err)) => return llm_failed(&err),
+            Err(_) => return timed_out(format_args!(
+                "the LLM did not answer within {:?}", limits.first_token_timeout)),
         },
         () = tx.closed() => return Ending::ClientGone,
         () = state.shutdown.cancelled() => return Ending::ShuttingDown,
@@ -202,22 +216,23 @@ async fn pump(
         };
         let llm_event = match next {
             Err(_) if first_token_seen => {
-                return Ending::Failed(ApiError::Upstream(format!(
+                return timed_out(format_args!(
                     "the LLM sent nothing for {:?}",
                     limits.idle_timeout
-                )));
+                ));
             }
             Err(_) => {
-                return Ending::Failed(ApiError::Upstream(format!(
+                return timed_out(format_args!(
                     "no first token from the LLM within {:?}",
                     limits.first_token_timeout
-                )));
+                ));
             }
             Ok(None) if reply.finish_reason.is_some() => return Ending::Finished,
             Ok(None) => {
-                return Ending::Failed(ApiError::Upstream("the LLM stream ended early".into()));
+                tracing::warn!("the LLM stream ended before a finish reason");
+                return Ending::Failed(ApiError::Llm(LlmFailure::Broken));
             }
-            Ok(Some(Err(err))) => return Ending::Failed(ApiError::Upstream(err.to_string())),
+            Ok(Some(Err(err))) => return llm_failed(&err),
             Ok(Some(Ok(llm_event))) => llm_event,
         };
         match llm_event {

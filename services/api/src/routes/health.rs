@@ -1,12 +1,20 @@
 //! `/api/health` (liveness: the process answers) and `/api/health/ready` (the database, the
 //! object store and the LLM all answer within a short deadline).
+//!
+//! Readiness is public, so it must be cheap and must not amplify: the checks run at most once
+//! per `API_READY_CACHE_MS`, one run at a time ([`ReadinessCache`]); every request in between
+//! gets the cached answer. A failed check shows as a code (`database_unavailable`, …); its
+//! cause, which may name hosts and URLs, is logged only.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde_json::{Value, json};
+use tokio::sync::Mutex;
+use tokio::time::Instant;
 
 use crate::app::AppState;
 
@@ -16,40 +24,99 @@ pub async fn live() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// Runs one check with the deadline and turns its outcome into `"ok"` or the reason.
+/// The outcome of one round of checks: each dependency's `"ok"` or failure code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Readiness {
+    pub database: &'static str,
+    pub storage: &'static str,
+    pub llm: &'static str,
+}
+
+impl Readiness {
+    fn is_ready(&self) -> bool {
+        [self.database, self.storage, self.llm] == ["ok"; 3]
+    }
+}
+
+/// The last readiness answer and when it was taken; the mutex makes one round run at a time.
+#[derive(Debug, Clone)]
+pub struct ReadinessCache {
+    ttl: Duration,
+    last: Arc<Mutex<Option<(Instant, Readiness)>>>,
+}
+
+impl ReadinessCache {
+    pub fn new(ttl: Duration) -> ReadinessCache {
+        ReadinessCache {
+            ttl,
+            last: Arc::default(),
+        }
+    }
+
+    /// The cached answer while it is fresh, else a new round (callers arriving meanwhile wait
+    /// for it and share it).
+    async fn get(&self, state: &AppState) -> Readiness {
+        let mut last = self.last.lock().await;
+        if let Some((taken, readiness)) = last.as_ref()
+            && taken.elapsed() < self.ttl
+        {
+            return readiness.clone();
+        }
+        let readiness = check_all(state).await;
+        *last = Some((Instant::now(), readiness.clone()));
+        readiness
+    }
+}
+
+/// Runs one check with the deadline: `"ok"`, or `code` with the cause logged.
 async fn check<E: std::fmt::Display>(
-    name: &str,
+    code: &'static str,
     probe: impl std::future::Future<Output = Result<(), E>>,
-) -> Result<(), String> {
+) -> &'static str {
     match tokio::time::timeout(CHECK_TIMEOUT, probe).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(err)) => Err(format!("{name}: {err}")),
-        Err(_) => Err(format!("{name}: no answer within {CHECK_TIMEOUT:?}")),
+        Ok(Ok(())) => "ok",
+        Ok(Err(err)) => {
+            tracing::warn!(check = code, error = %err, "not ready");
+            code
+        }
+        Err(_) => {
+            tracing::warn!(
+                check = code,
+                "not ready: no answer within {CHECK_TIMEOUT:?}"
+            );
+            code
+        }
+    }
+}
+
+async fn check_all(state: &AppState) -> Readiness {
+    let (database, storage, llm) = tokio::join!(
+        check("database_unavailable", crate::db::ping(&state.pool)),
+        check(
+            "storage_unavailable",
+            crate::storage::ping(state.store.as_ref())
+        ),
+        check("llm_unavailable", state.llm.ping()),
+    );
+    Readiness {
+        database,
+        storage,
+        llm,
     }
 }
 
 pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    let (database, storage, llm) = tokio::join!(
-        check("database", crate::db::ping(&state.pool)),
-        check("storage", crate::storage::ping(state.store.as_ref())),
-        check("llm", state.llm.ping()),
-    );
-    let shown = |r: &Result<(), String>| match r {
-        Ok(()) => Value::from("ok"),
-        Err(reason) => Value::from(reason.as_str()),
-    };
-    let all_ok = database.is_ok() && storage.is_ok() && llm.is_ok();
-    for failure in [&database, &storage, &llm]
-        .into_iter()
-        .filter_map(|r| r.as_ref().err())
-    {
-        tracing::warn!(%failure, "not ready");
-    }
+    let readiness = state.readiness.get(&state).await;
+    let ready = readiness.is_ready();
     let body = json!({
-        "status": if all_ok { "ready" } else { "not_ready" },
-        "checks": { "database": shown(&database), "storage": shown(&storage), "llm": shown(&llm) },
+        "status": if ready { "ready" } else { "not_ready" },
+        "checks": {
+            "database": readiness.database,
+            "storage": readiness.storage,
+            "llm": readiness.llm,
+        },
     });
-    let status = if all_ok {
+    let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE

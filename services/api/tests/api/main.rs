@@ -5,5 +5,6 @@
 mod chat;
 mod errors;
 mod files;
+mod hardening;
 mod lifecycle;
 mod support;
