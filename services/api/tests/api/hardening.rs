@@ -127,7 +127,7 @@ fn files_under(dir: &Path) -> Vec<(std::path::PathBuf, u64)> {
 /// An upload whose body is fed by the test; dropping the sender ends the body.
 struct OpenUpload {
     sender: tokio::sync::mpsc::Sender<Result<Vec<u8>, std::io::Error>>,
-    reply: tokio::task::JoinHandle<(u16, Value)>,
+    reply: tokio::task::JoinHandle<Result<(u16, Value), reqwest::Error>>,
 }
 
 fn open_upload(client: &Client, name: &str) -> OpenUpload {
@@ -139,8 +139,12 @@ fn open_upload(client: &Client, name: &str) -> OpenUpload {
         .request(reqwest::Method::POST, &format!("/api/files?name={name}"))
         .header("content-type", "application/pdf")
         .body(reqwest::Body::wrap_stream(body));
-    let client = client.clone();
-    let reply = tokio::spawn(async move { client.send(request).await });
+    let reply = tokio::spawn(async move {
+        let response = request.send().await?;
+        let status = response.status().as_u16();
+        let text = response.text().await?;
+        Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+    });
     OpenUpload { sender, reply }
 }
 
@@ -157,7 +161,19 @@ impl OpenUpload {
 
     async fn finish(self) -> (u16, Value) {
         drop(self.sender);
-        self.reply.await.expect("upload task")
+        self.reply
+            .await
+            .expect("upload task")
+            .expect("upload answered")
+    }
+
+    /// Breaks the body off with an error, as a client that crashes mid-upload does.
+    async fn break_off(self) {
+        let _ = self
+            .sender
+            .send(Err(std::io::Error::other("client crashed")))
+            .await;
+        let _ = self.reply.await;
     }
 }
 
@@ -215,6 +231,28 @@ async fn large_upload_streams_to_the_store_instead_of_filling_memory() {
     );
     let left = files_under(api.storage_dir.path());
     assert_eq!(left.len(), 1, "only the finished upload stays: {left:?}");
+
+    // A body that breaks off mid-upload (a part already written): the partial object goes too.
+    let upload = open_upload(&ann, "broken.pdf");
+    assert!(upload.send(&payload(7 * MIB, 6)).await);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while files_under(api.storage_dir.path()).len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the broken upload never reached the store"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    upload.break_off().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = files_under(api.storage_dir.path());
+        if left.len() == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "a broken upload left {left:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let (_, listed) = ann.get("/api/files").await;
     assert_eq!(
         listed["files"].as_array().map(Vec::len),
