@@ -363,3 +363,68 @@ fn nginx_gateway_and_api_stream_chat_events_one_by_one_and_tunnel_websockets() {
         process.assert_running();
     }
 }
+
+/// Item 5 of issue 17: nginx's temporary files live on /tmp, a tmpfs charged to its memory
+/// limit, so an upload it buffers whole costs nginx its size in memory until the upload ends (a
+/// few stalled 25 MB uploads and it is killed). `/api/files` must stream: the upstream (a
+/// recording server on the gateway's port) sees the first body bytes while the client is still
+/// far from done, and the gateway, not nginx's /tmp, holds the size limit.
+#[test]
+fn uploads_stream_through_nginx_instead_of_filling_its_tmp() {
+    let Some(nginx) = testkit::require_tool("nginx", "apt-get install nginx") else {
+        return;
+    };
+    const TOTAL: usize = 4 * 1024 * 1024;
+    const FIRST: usize = 256 * 1024;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ports = Ports::free();
+    let listener = std::net::TcpListener::bind(("127.0.0.1", ports.gateway)).expect("bind");
+    let (upstream_saw, body_bytes_seen) = mpsc::channel::<(String, usize)>();
+    std::thread::spawn(move || {
+        let Ok((stream, _)) = listener.accept() else {
+            return;
+        };
+        let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+        let head = read_head(&mut reader);
+        let mut buffer = vec![0u8; 64 * 1024];
+        let mut received = 0;
+        let mut reported = false;
+        while received < TOTAL {
+            match reader.read(&mut buffer) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => received += n,
+            }
+            if !reported {
+                reported = true;
+                let _ = upstream_saw.send((head.clone(), received));
+            }
+        }
+        let _ = (&stream).write_all(b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n");
+    });
+    let rendered = render_nginx(dir.path(), &ports);
+    let mut local_nginx = start_local_nginx(&nginx, &rendered);
+    wait_for(&mut local_nginx, "nginx (local variant)", ports.local);
+
+    let mut client = connect(ports.local);
+    write!(
+        client,
+        "POST /api/files HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/octet-stream\r\nContent-Length: {TOTAL}\r\n\r\n"
+    )
+    .expect("head");
+    client.write_all(&vec![b'x'; FIRST]).expect("first part");
+    let (head, seen) = body_bytes_seen
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("the upstream saw no byte of the upload while the client was still sending: nginx buffers it");
+    assert!(head.starts_with("POST /api/files "), "{head}");
+    assert!(
+        seen <= FIRST,
+        "{seen} bytes before the client sent more than {FIRST}"
+    );
+    client
+        .write_all(&vec![b'x'; TOTAL - FIRST])
+        .expect("the rest");
+    let mut reader = BufReader::new(client);
+    let answer = read_head(&mut reader);
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+    drop(local_nginx);
+}

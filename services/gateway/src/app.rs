@@ -20,12 +20,15 @@ use ipnet::IpNet;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
-use crate::config::Config;
+use crate::config::{Config, ConnectionLimits};
+use crate::connection_cap::ConnectionCap;
 use crate::dispatch::Gateway;
 use crate::edge_auth::Verifier;
+use crate::health::HealthCache;
 use crate::pool::{Pool, Service};
 use crate::rate_limit::RateLimits;
 use crate::server::stopped;
+use crate::stream_limit::StreamLimits;
 use crate::{health, health_check, observe, server};
 
 /// What every handler shares.
@@ -35,6 +38,11 @@ pub struct AppState {
     pub rate_limits: RateLimits,
     pub verifier: Verifier,
     pub trusted_proxies: Vec<IpNet>,
+    pub health_detail_networks: Vec<IpNet>,
+    pub health_cache: HealthCache,
+    pub streams: StreamLimits,
+    pub connection_limits: ConnectionLimits,
+    pub connection_cap: ConnectionCap,
     pub max_body_bytes: u64,
     pub health_all_timeout: Duration,
 }
@@ -55,6 +63,11 @@ impl AppState {
             rate_limits: RateLimits::new(&config.rate_limits),
             verifier: Verifier::new(&config.edge_auth),
             trusted_proxies: config.trusted_proxies.clone(),
+            health_detail_networks: config.health_detail_networks.clone(),
+            health_cache: HealthCache::new(config.health_all_cache),
+            streams: StreamLimits::new(config.v1_streams_per_caller),
+            connection_limits: config.connection_limits,
+            connection_cap: ConnectionCap::new(config.connection_limits.max_per_ip),
             max_body_bytes: config.max_body_bytes,
             health_all_timeout: config.health_all_timeout,
         }

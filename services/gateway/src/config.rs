@@ -33,7 +33,24 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Peers whose `X-Forwarded-*` headers are believed (nginx).
     pub trusted_proxies: Vec<IpNet>,
+    /// Peers that see `/api/health/all` in detail when they send no `X-Forwarded-For`.
+    pub health_detail_networks: Vec<IpNet>,
+    /// How long one round of `/api/health/all` probes is reused.
+    pub health_all_cache: Duration,
+    /// Open `/v1` responses one caller may hold at once; `None` is no limit.
+    pub v1_streams_per_caller: Option<u32>,
+    pub connection_limits: ConnectionLimits,
     pub edge_auth: EdgeAuth,
+}
+
+/// What bounds a client connection: how long its request head may take, how long it may sit
+/// idle between requests, and how many one address may hold.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    /// Per client address (IPv6: per /64); trusted proxies are exempt. `None` is no cap.
+    pub max_per_ip: Option<u32>,
 }
 
 /// One upstream pool: where its instances are and how long to wait for them.
@@ -145,6 +162,12 @@ struct FileConfig {
     max_body_bytes: Option<u64>,
     drain_timeout_ms: Option<u64>,
     trusted_proxies: Option<Vec<Spanned<String>>>,
+    health_detail_networks: Option<Vec<Spanned<String>>>,
+    health_all_cache_ms: Option<u64>,
+    v1_streams_per_caller: Option<u64>,
+    header_read_timeout_ms: Option<u64>,
+    idle_timeout_ms: Option<u64>,
+    max_connections_per_ip: Option<u64>,
     api_keys: Option<Vec<String>>,
     jwt_secret: Option<String>,
     #[serde(default)]
@@ -284,7 +307,41 @@ fn resolve(
             "trusted_proxies",
             parse_net,
         )?
-        .unwrap_or_else(default_trusted_proxies);
+        .unwrap_or_else(loopback);
+    let health_detail_networks = lookup
+        .list(
+            "GATEWAY_HEALTH_DETAIL_NETWORKS",
+            file.health_detail_networks.as_deref(),
+            "health_detail_networks",
+            parse_net,
+        )?
+        .unwrap_or_else(loopback);
+    // 0 turns a count limit off.
+    let limit = |var: &str, value: Option<u64>, default: u32| -> Result<Option<u32>, ConfigError> {
+        let n = lookup.number(var, value)?.unwrap_or(u64::from(default));
+        if n == 0 {
+            return Ok(None);
+        }
+        u32::try_from(n)
+            .map(Some)
+            .map_err(|_| ConfigError::Invalid {
+                origin: var.to_owned(),
+                message: format!("{n} is larger than {}", u32::MAX),
+            })
+    };
+    let connection_limits = ConnectionLimits {
+        header_read_timeout: lookup.millis(
+            "GATEWAY_HEADER_READ_TIMEOUT_MS",
+            file.header_read_timeout_ms,
+            10_000,
+        )?,
+        idle_timeout: lookup.millis("GATEWAY_IDLE_TIMEOUT_MS", file.idle_timeout_ms, 75_000)?,
+        max_per_ip: limit(
+            "GATEWAY_MAX_CONNECTIONS_PER_IP",
+            file.max_connections_per_ip,
+            256,
+        )?,
+    };
     let workers = match lookup.number("GATEWAY_WORKERS", file.workers)? {
         Some(0) => {
             return Err(ConfigError::Invalid {
@@ -312,6 +369,18 @@ fn resolve(
             .unwrap_or(10 * 1024 * 1024),
         drain_timeout: lookup.millis("GATEWAY_DRAIN_TIMEOUT_MS", file.drain_timeout_ms, 10_000)?,
         trusted_proxies,
+        health_detail_networks,
+        health_all_cache: lookup.millis(
+            "GATEWAY_HEALTH_ALL_CACHE_MS",
+            file.health_all_cache_ms,
+            2_000,
+        )?,
+        v1_streams_per_caller: limit(
+            "GATEWAY_V1_STREAMS_PER_CALLER",
+            file.v1_streams_per_caller,
+            4,
+        )?,
+        connection_limits,
         edge_auth: resolve_edge_auth(env, file)?,
     })
 }
@@ -535,20 +604,15 @@ impl Lookup<'_> {
     }
 }
 
-/// Loopback and the private ranges: the gateway is reachable only through nginx on an internal
-/// (Docker) network, whose address is not known in advance.
-fn default_trusted_proxies() -> Vec<IpNet> {
-    [
-        "127.0.0.0/8",
-        "::1/128",
-        "10.0.0.0/8",
-        "172.16.0.0/12",
-        "192.168.0.0/16",
-        "fc00::/7",
-    ]
-    .iter()
-    .filter_map(|net| net.parse().ok())
-    .collect()
+/// Loopback only: the default of the trusted proxies and of the health-detail networks. A
+/// private range is not a proxy: anyone on it (a client of nginx on the office network, another
+/// container) could name any client in `X-Forwarded-For`. Deployments name nginx's address
+/// (the rendered compose file pins it).
+fn loopback() -> Vec<IpNet> {
+    ["127.0.0.0/8", "::1/128"]
+        .iter()
+        .filter_map(|net| net.parse().ok())
+        .collect()
 }
 
 fn split_list(value: &str) -> impl Iterator<Item = &str> {
@@ -697,7 +761,8 @@ mod tests {
         let config = load(&e).expect("the example is valid");
         assert_eq!(config.api.upstreams[0].url(), "http://api:8000");
         assert_eq!(config.inference.response_timeout, Duration::from_secs(120));
-        assert_eq!(config.trusted_proxies, default_trusted_proxies());
+        assert_eq!(config.trusted_proxies, loopback());
+        assert_eq!(config.connection_limits.max_per_ip, Some(256));
     }
 
     #[test]

@@ -25,6 +25,7 @@ use crate::forwarding::{Peer, REQUEST_ID};
 use crate::observe::{Observation, accept_or_generate};
 use crate::proxy;
 use crate::response_timer::ResponseTimer;
+use crate::stream_limit::StreamPermit;
 use crate::upstream::ReturningBody;
 
 /// What the gateway keeps per client connection: who is at the other end, and the timer its
@@ -54,13 +55,18 @@ impl Gateway {
         async move {
             let mut response = match observation.route() {
                 "health" | "metrics" => {
-                    let request = request.map(|body| Body::new(ClientBody::new(body)));
+                    let mut request = request.map(|body| Body::new(ClientBody::new(body)));
+                    // Who asks decides how much `/api/health/all` tells (`health::is_internal`).
+                    request.extensions_mut().insert(connection.peer.clone());
                     let routed = self.own_routes.clone().oneshot(request);
                     let response = routed.await.unwrap_or_else(|never| match never {});
                     response.map(ResponseBody::Own)
                 }
                 _ => match proxy::forward(&self.state, connection, &id, request).await {
-                    Ok(response) => response.map(ResponseBody::Proxied),
+                    Ok((response, None)) => response.map(ResponseBody::Proxied),
+                    Ok((response, Some(permit))) => {
+                        response.map(|body| ResponseBody::Counted(body, permit))
+                    }
                     Err(refusal) => refusal.into_response().map(ResponseBody::Own),
                 },
             };
@@ -73,10 +79,12 @@ impl Gateway {
     }
 }
 
-/// A response body: an upstream's, passed through as it is (no boxing on the hot path), or one
-/// the gateway wrote itself (its own routes and its errors).
+/// A response body: an upstream's, passed through as it is (no boxing on the hot path), the
+/// same holding its caller's stream permit until it ends or is dropped (`/v1`), or one the
+/// gateway wrote itself (its own routes and its errors).
 pub enum ResponseBody {
     Proxied(ReturningBody),
+    Counted(ReturningBody, StreamPermit),
     Own(Body),
 }
 
@@ -89,21 +97,23 @@ impl hyper::body::Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, axum::BoxError>>> {
         match self.get_mut() {
-            ResponseBody::Proxied(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            ResponseBody::Proxied(body) | ResponseBody::Counted(body, _) => {
+                Pin::new(body).poll_frame(cx).map_err(Into::into)
+            }
             ResponseBody::Own(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ResponseBody::Proxied(body) => body.is_end_stream(),
+            ResponseBody::Proxied(body) | ResponseBody::Counted(body, _) => body.is_end_stream(),
             ResponseBody::Own(body) => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ResponseBody::Proxied(body) => body.size_hint(),
+            ResponseBody::Proxied(body) | ResponseBody::Counted(body, _) => body.size_hint(),
             ResponseBody::Own(body) => body.size_hint(),
         }
     }

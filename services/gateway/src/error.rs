@@ -3,6 +3,10 @@
 //! (404 unknown route, 401 unauthenticated /v1, 413 body too large, 429 rate limited,
 //! 502 connect failure, 503 nobody healthy, 504 timeout).
 //!
+//! The `Display` text names upstreams and their errors and is for the log; a client is told
+//! only the code and a message without internal addresses or upstream output
+//! ([`GatewayError::public_message`]).
+//!
 //! It must never log or touch pool state; callers do that before returning the error.
 
 use std::time::Duration;
@@ -18,6 +22,10 @@ pub enum GatewayError {
     NotFound(String),
     #[error("{0}")]
     Unauthorized(&'static str),
+    #[error("{0}")]
+    BadRequest(&'static str),
+    #[error("{limit} responses of this caller are already open")]
+    TooManyStreams { limit: u32 },
     #[error("request body larger than {limit} bytes")]
     PayloadTooLarge { limit: u64 },
     #[error("rate limit of the {bucket} bucket exceeded; retry after {} s", retry_after_seconds(*.retry_after))]
@@ -52,6 +60,8 @@ impl GatewayError {
         match self {
             GatewayError::NotFound(_) => StatusCode::NOT_FOUND,
             GatewayError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            GatewayError::TooManyStreams { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::NoHealthyUpstream { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -66,12 +76,38 @@ impl GatewayError {
         match self {
             GatewayError::NotFound(_) => "not_found",
             GatewayError::Unauthorized(_) => "unauthorized",
+            GatewayError::BadRequest(_) => "bad_request",
+            GatewayError::TooManyStreams { .. } => "too_many_streams",
             GatewayError::PayloadTooLarge { .. } => "payload_too_large",
             GatewayError::RateLimited { .. } => "rate_limited",
             GatewayError::NoHealthyUpstream { .. } => "no_healthy_upstream",
             GatewayError::UpstreamConnect { .. } => "upstream_connect_failed",
             GatewayError::UpstreamTimeout { .. } => "upstream_timeout",
             GatewayError::UpstreamFailed { .. } => "upstream_failed",
+        }
+    }
+}
+
+impl GatewayError {
+    /// What a client is told: nothing about where the upstreams are or what they said.
+    pub fn public_message(&self) -> String {
+        match self {
+            GatewayError::NotFound(_) => "no route for this path".to_owned(),
+            GatewayError::UpstreamConnect { service, .. } => {
+                format!("the {service} service cannot be reached")
+            }
+            GatewayError::UpstreamTimeout { service, .. } => {
+                format!("the {service} service did not answer in time")
+            }
+            GatewayError::UpstreamFailed { service, .. } => {
+                format!("the {service} service failed to answer")
+            }
+            GatewayError::Unauthorized(_)
+            | GatewayError::BadRequest(_)
+            | GatewayError::TooManyStreams { .. }
+            | GatewayError::PayloadTooLarge { .. }
+            | GatewayError::RateLimited { .. }
+            | GatewayError::NoHealthyUpstream { .. } => self.to_string(),
         }
     }
 }
@@ -83,7 +119,7 @@ fn retry_after_seconds(wait: Duration) -> u64 {
 impl IntoResponse for GatewayError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({
-            "error": { "code": self.code(), "message": self.to_string() }
+            "error": { "code": self.code(), "message": self.public_message() }
         });
         let mut response = (self.status(), Json(body)).into_response();
         let headers = response.headers_mut();
@@ -93,6 +129,9 @@ impl IntoResponse for GatewayError {
                     RETRY_AFTER,
                     HeaderValue::from(retry_after_seconds(*retry_after).max(1)),
                 );
+            }
+            GatewayError::TooManyStreams { .. } => {
+                headers.insert(RETRY_AFTER, HeaderValue::from(1u32));
             }
             GatewayError::Unauthorized(_) => {
                 headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

@@ -85,27 +85,31 @@ fn canonical(address: IpAddr) -> IpAddr {
     }
 }
 
-/// The client's IP: the peer, unless the peer is a trusted proxy, in which case the right-most
-/// `X-Forwarded-For` entry that is not itself a trusted proxy.
+/// The client's IP: the peer, unless the peer is a trusted proxy. Then `X-Forwarded-For` is
+/// read from the right, where each entry was appended by the hop to its right: an entry is
+/// believed only while the hop that wrote it is trusted, so the answer is the right-most entry
+/// that is not a trusted proxy. Entries left of it (which the client may have written itself)
+/// are never read. An entry that is not an address stops the walk at the hop that passed it on.
 pub fn client_ip(peer: &Peer, headers: &HeaderMap, trusted_proxies: &[IpNet]) -> IpAddr {
     if !peer.trusted {
         return peer.address;
     }
-    let forwarded: Vec<IpAddr> = headers
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .filter_map(|entry| entry.trim().parse::<IpAddr>().ok())
-        .map(canonical)
-        .collect();
-    forwarded
-        .iter()
-        .rev()
-        .find(|ip| !trusted_proxies.iter().any(|net| net.contains(*ip)))
-        .or(forwarded.first())
-        .copied()
-        .unwrap_or(peer.address)
+    let mut client = peer.address;
+    for value in headers.get_all(&X_FORWARDED_FOR).iter().rev() {
+        let Ok(text) = value.to_str() else {
+            return client;
+        };
+        for entry in text.rsplit(',') {
+            let Ok(address) = entry.trim().parse::<IpAddr>() else {
+                return client;
+            };
+            client = canonical(address);
+            if !trusted_proxies.iter().any(|net| net.contains(&client)) {
+                return client;
+            }
+        }
+    }
+    client
 }
 
 /// The `Upgrade` protocol when the request asks to switch protocols (WebSocket).
@@ -269,6 +273,24 @@ mod tests {
         assert_eq!(client_ip(&stranger, &h, &trusted).to_string(), "5.6.7.8");
         let spoofed = headers(&[("x-forwarded-for", "9.9.9.9, 1.2.3.4")]);
         assert_eq!(client_ip(&nginx, &spoofed, &trusted).to_string(), "1.2.3.4");
+    }
+
+    #[test]
+    fn forged_entries_left_of_the_client_are_never_read() {
+        let trusted = nets(&["10.0.0.5/32"]);
+        let nginx = Peer::new("10.0.0.5".parse().expect("ip"), &trusted);
+        // A client on a private network that nginx saw as 192.168.1.50, forging the rest.
+        let h = headers(&[("x-forwarded-for", "203.0.113.1, 10.0.0.5, 192.168.1.50")]);
+        assert_eq!(client_ip(&nginx, &h, &trusted).to_string(), "192.168.1.50");
+        // Two header lines are one list; garbage stops at the last trusted hop.
+        let h = headers(&[
+            ("x-forwarded-for", "203.0.113.1"),
+            ("x-forwarded-for", "junk, 10.0.0.5"),
+        ]);
+        assert_eq!(client_ip(&nginx, &h, &trusted).to_string(), "10.0.0.5");
+        // Every entry a trusted hop: the left-most of them.
+        let h = headers(&[("x-forwarded-for", "10.0.0.5")]);
+        assert_eq!(client_ip(&nginx, &h, &trusted).to_string(), "10.0.0.5");
     }
 
     #[test]

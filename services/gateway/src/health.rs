@@ -4,19 +4,29 @@
 //! when every critical service has at least one instance up, 503 otherwise.
 //! `summarize` is the pure decision; the handler only gathers probe reports.
 //!
+//! The details (instance URLs, probe errors) are for internal callers only ([`is_internal`]);
+//! everyone else gets `{"status": …}` with the same HTTP status, and draws from the general
+//! rate limit. One round of probes is reused for `GATEWAY_HEALTH_ALL_CACHE_MS` and callers
+//! arriving while it runs wait for it, so no number of callers multiplies the probes.
+//!
 //! It must never change pool health: a dashboard looking must not eject anyone.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use http::StatusCode;
+use axum::{Extension, Json};
+use http::{HeaderMap, StatusCode};
+use ipnet::IpNet;
 use serde::Serialize;
 
 use crate::app::AppState;
+use crate::error::GatewayError;
+use crate::forwarding::{self, Peer};
 use crate::health_check::{ProbeReport, probe};
 use crate::pool::Instance;
+use crate::rate_limit::RateKey;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -87,8 +97,81 @@ pub async fn gateway_health() -> Response {
     .into_response()
 }
 
+/// An internal caller sees the details: its TCP peer is in `GATEWAY_HEALTH_DETAIL_NETWORKS`
+/// (default loopback) and it came straight, not through a proxy: no `X-Forwarded-For` and no
+/// `Forwarded` header (nginx always sets `X-Forwarded-For`).
+pub fn is_internal(peer: &Peer, headers: &HeaderMap, detail_networks: &[IpNet]) -> bool {
+    !headers.contains_key("x-forwarded-for")
+        && !headers.contains_key(http::header::FORWARDED)
+        && detail_networks
+            .iter()
+            .any(|net| net.contains(&peer.address))
+}
+
+/// One round of probes, kept for a short while.
+pub struct Probed {
+    pub code: StatusCode,
+    pub report: HealthReport,
+}
+
+/// The latest round of probes and when it was taken; the lock is held while a round runs, so
+/// callers arriving meanwhile wait for that round instead of starting their own.
+pub struct HealthCache {
+    ttl: Duration,
+    latest: tokio::sync::Mutex<Option<(Instant, Arc<Probed>)>>,
+}
+
+impl HealthCache {
+    pub fn new(ttl: Duration) -> Self {
+        HealthCache {
+            ttl,
+            latest: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    async fn get(&self, state: &Arc<AppState>) -> Arc<Probed> {
+        let mut latest = self.latest.lock().await;
+        if let Some((taken, probed)) = latest.as_ref()
+            && taken.elapsed() < self.ttl
+        {
+            return Arc::clone(probed);
+        }
+        let probed = Arc::new(probe_all(state).await);
+        *latest = Some((Instant::now(), Arc::clone(&probed)));
+        probed
+    }
+}
+
 /// `GET /api/health/all`.
-pub async fn all_health(State(state): State<Arc<AppState>>) -> Response {
+pub async fn all_health(
+    State(state): State<Arc<AppState>>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+) -> Response {
+    let internal = is_internal(&peer, &headers, &state.health_detail_networks);
+    if !internal {
+        let client = forwarding::client_ip(&peer, &headers, &state.trusted_proxies);
+        if let Err(refusal) = state
+            .rate_limits
+            .check(&RateKey::address(client), "/api/health/all")
+        {
+            return GatewayError::RateLimited {
+                bucket: refusal.bucket.name(),
+                retry_after: refusal.retry_after,
+            }
+            .into_response();
+        }
+    }
+    let probed = state.health_cache.get(&state).await;
+    if internal {
+        (probed.code, Json(&probed.report)).into_response()
+    } else {
+        let bare = serde_json::json!({ "status": probed.report.status });
+        (probed.code, Json(bare)).into_response()
+    }
+}
+
+async fn probe_all(state: &AppState) -> Probed {
     let pools = [Arc::clone(&state.api), Arc::clone(&state.inference)];
     // Every instance of every service at once: the slowest probe bounds the whole answer.
     let mut probes = tokio::task::JoinSet::new();
@@ -129,7 +212,10 @@ pub async fn all_health(State(state): State<Arc<AppState>>) -> Response {
         })
         .collect();
     let (status, code) = summarize(&services);
-    (code, Json(HealthReport { status, services })).into_response()
+    Probed {
+        code,
+        report: HealthReport { status, services },
+    }
 }
 
 fn instance_health(instance: &Instance, report: ProbeReport) -> InstanceHealth {
@@ -170,5 +256,20 @@ mod tests {
         assert_eq!(summarize(&degraded), (Degraded, StatusCode::OK));
         let down = [service(Down, true), service(Ok, true)];
         assert_eq!(summarize(&down), (Down, StatusCode::SERVICE_UNAVAILABLE));
+    }
+
+    #[test]
+    fn only_direct_callers_from_the_detail_networks_are_internal() {
+        let loopback: Vec<IpNet> = vec!["127.0.0.0/8".parse().expect("net")];
+        let local = Peer::new([127, 0, 0, 1].into(), &loopback);
+        let outside = Peer::new([192, 0, 2, 9].into(), &loopback);
+        let mut proxied = HeaderMap::new();
+        proxied.insert("x-forwarded-for", "203.0.113.5".parse().expect("value"));
+        assert!(is_internal(&local, &HeaderMap::new(), &loopback));
+        assert!(
+            !is_internal(&local, &proxied, &loopback),
+            "came through nginx"
+        );
+        assert!(!is_internal(&outside, &HeaderMap::new(), &loopback));
     }
 }

@@ -5,6 +5,8 @@
 //!
 //! It must never parse configuration or render errors itself (that is `error`).
 
+use std::sync::Arc;
+
 use http::header::{AUTHORIZATION, CONTENT_LENGTH, HeaderValue};
 use http::{StatusCode, Uri};
 use http_body_util::{LengthLimitError, Limited};
@@ -19,7 +21,9 @@ use crate::dispatch::ClientConnection;
 use crate::error::{GatewayError, chain_has, describe};
 use crate::forwarding::{self, Forwarding, USER_HEADER};
 use crate::pool::{Instance, Pool, Service};
+use crate::rate_limit::RateKey;
 use crate::response_timer::ResponseTimer;
+use crate::stream_limit::StreamPermit;
 use crate::upstream::{OutgoingBody, ReturningBody, UpstreamError};
 
 /// The service a path belongs to; `None` is a 404.
@@ -38,13 +42,14 @@ pub fn route(path: &str) -> Option<Service> {
 }
 
 /// Forwards everything that is not the gateway's own route; `request_id` is the one `observe`
-/// settled on.
+/// settled on. A `/v1` response comes with the caller's stream permit, to be dropped with its
+/// body.
 pub async fn forward(
     state: &AppState,
     connection: &ClientConnection,
     request_id: &HeaderValue,
     request: http::Request<Incoming>,
-) -> Result<http::Response<ReturningBody>, GatewayError> {
+) -> Result<(http::Response<ReturningBody>, Option<StreamPermit>), GatewayError> {
     let (mut head, body) = request.into_parts();
     // From here on, a body that is not forwarded to its end drains itself (`client_body`).
     let body = ClientBody::new(body);
@@ -52,17 +57,29 @@ pub async fn forward(
     let service = route(path).ok_or_else(|| GatewayError::NotFound(path.to_owned()))?;
     let peer = &connection.peer;
     let client = forwarding::client_ip(peer, &head.headers, &state.trusted_proxies);
-    state.rate_limits.check(client, path).map_err(|refusal| {
-        metrics::counter!("gateway_rate_limited_total", "bucket" => refusal.bucket.name())
-            .increment(1);
-        GatewayError::RateLimited {
-            bucket: refusal.bucket.name(),
-            retry_after: refusal.retry_after,
-        }
-    })?;
+    // `/v1` is limited per authenticated caller (one api serves every user from one address);
+    // the rest, and failed `/v1` authentication, per client address.
     let caller = match service {
-        Service::Inference => Some(state.verifier.verify(&head.headers)?),
+        Service::Inference => match state.verifier.identify(&head.headers) {
+            Ok(caller) => Some(caller.header_value()),
+            Err(refusal) => {
+                check_rate(state, &RateKey::address(client), path)?;
+                return Err(refusal);
+            }
+        },
         Service::Api => None,
+    };
+    let rate_key = match &caller {
+        Some(caller) => RateKey::Caller(Arc::from(caller.as_str())),
+        None => RateKey::address(client),
+    };
+    check_rate(state, &rate_key, path)?;
+    let permit = match &caller {
+        Some(caller) => state
+            .streams
+            .acquire(caller)
+            .map_err(|busy| GatewayError::TooManyStreams { limit: busy.limit })?,
+        None => None,
     };
     if declared_length(&head.headers).is_some_and(|length| length > state.max_body_bytes) {
         // Refused before a byte goes upstream.
@@ -91,21 +108,33 @@ pub async fn forward(
     if let Some(caller) = caller {
         // The credential stays at the edge; inference learns who called from x-cairn-user.
         outgoing.headers_mut().remove(AUTHORIZATION);
-        if let Ok(value) = HeaderValue::from_str(&caller.header_value()) {
+        if let Ok(value) = HeaderValue::from_str(&caller) {
             outgoing.headers_mut().insert(USER_HEADER, value);
         }
     }
     let timer = &connection.response_timer;
     let mut response = send(pool, instance, timer, outgoing, state.max_body_bytes).await?;
-    let upgrade = match client_upgrade {
+    let (upgrade, permit) = match client_upgrade {
         Some(client_side) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
-            tunnel(client_side, hyper::upgrade::on(&mut response));
-            forwarding.upgrade
+            // A tunnel holds the caller's slot for as long as it is open.
+            tunnel(client_side, hyper::upgrade::on(&mut response), permit);
+            (forwarding.upgrade, None)
         }
-        _ => None,
+        _ => (None, permit),
     };
     forwarding::client_response_headers(response.headers_mut(), request_id, upgrade);
-    Ok(response)
+    Ok((response, permit))
+}
+
+fn check_rate(state: &AppState, key: &RateKey, path: &str) -> Result<(), GatewayError> {
+    state.rate_limits.check(key, path).map_err(|refusal| {
+        metrics::counter!("gateway_rate_limited_total", "bucket" => refusal.bucket.name())
+            .increment(1);
+        GatewayError::RateLimited {
+            bucket: refusal.bucket.name(),
+            retry_after: refusal.retry_after,
+        }
+    })
 }
 
 fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
@@ -215,9 +244,10 @@ async fn send(
 }
 
 /// Joins the client's and the upstream's upgraded connections and copies bytes both ways.
-fn tunnel(client: OnUpgrade, upstream: OnUpgrade) {
+fn tunnel(client: OnUpgrade, upstream: OnUpgrade, permit: Option<StreamPermit>) {
     tokio::spawn(
         async move {
+            let _permit = permit;
             match tokio::try_join!(client, upstream) {
                 Ok((client, upstream)) => {
                     let mut client = TokioIo::new(client);

@@ -1,10 +1,13 @@
-//! Per-client-IP rate limits: which bucket a route draws from (pure), the quota syntax
-//! (`100/s,burst=200`, `10/m`, `off`), and the keyed GCRA limiters that decide.
+//! Rate limits per client: which bucket a route draws from (pure), the quota syntax
+//! (`100/s,burst=200`, `10/m`, `off`), who a client is for the limits ([`RateKey`]: the
+//! authenticated caller on `/v1`, the address elsewhere, an IPv6 address by its /64), and the
+//! keyed GCRA limiters that decide.
 //!
-//! It must never know how the client IP was found or how a refusal is rendered.
+//! It must never know how the client IP or the caller was found or how a refusal is rendered.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
@@ -90,11 +93,34 @@ impl Quota {
     }
 }
 
-/// The limiters, one per enabled bucket, keyed by client IP.
+/// Who draws from a bucket.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum RateKey {
+    /// A client address; IPv6 cut to its /64, the block one host or one customer gets.
+    Address(IpAddr),
+    /// An authenticated `/v1` caller (`Caller::key`), wherever its requests come from.
+    Caller(Arc<str>),
+}
+
+impl RateKey {
+    pub fn address(ip: IpAddr) -> Self {
+        RateKey::Address(network_of(ip))
+    }
+}
+
+/// The address a client is counted by: IPv4 as it is, IPv6 by its /64.
+pub fn network_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from_bits(v6.to_bits() & !((1u128 << 64) - 1))),
+    }
+}
+
+/// The limiters, one per enabled bucket, keyed by client.
 pub struct RateLimits {
-    general: Option<DefaultKeyedRateLimiter<IpAddr>>,
-    auth: Option<DefaultKeyedRateLimiter<IpAddr>>,
-    chat: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    general: Option<DefaultKeyedRateLimiter<RateKey>>,
+    auth: Option<DefaultKeyedRateLimiter<RateKey>>,
+    chat: Option<DefaultKeyedRateLimiter<RateKey>>,
     clock: DefaultClock,
 }
 
@@ -121,7 +147,7 @@ impl RateLimits {
         }
     }
 
-    fn limiter(&self, kind: BucketKind) -> Option<&DefaultKeyedRateLimiter<IpAddr>> {
+    fn limiter(&self, kind: BucketKind) -> Option<&DefaultKeyedRateLimiter<RateKey>> {
         match kind {
             BucketKind::General => self.general.as_ref(),
             BucketKind::Auth => self.auth.as_ref(),
@@ -130,11 +156,11 @@ impl RateLimits {
     }
 
     /// Takes one token for `client` from the buckets `path` draws from.
-    pub fn check(&self, client: IpAddr, path: &str) -> Result<(), Refusal> {
+    pub fn check(&self, client: &RateKey, path: &str) -> Result<(), Refusal> {
         let kinds = [BucketKind::special_for(path), Some(BucketKind::General)];
         for kind in kinds.into_iter().flatten() {
             if let Some(limiter) = self.limiter(kind) {
-                limiter.check_key(&client).map_err(|not_until| Refusal {
+                limiter.check_key(client).map_err(|not_until| Refusal {
                     bucket: kind,
                     retry_after: not_until.wait_time_from(self.clock.now()),
                 })?;
@@ -195,14 +221,28 @@ mod tests {
             auth: Quota::parse("2/m").expect("valid"),
             chat: None,
         });
-        let a: IpAddr = [10, 0, 0, 1].into();
-        let b: IpAddr = [10, 0, 0, 2].into();
-        assert!(limits.check(a, "/api/auth/login").is_ok());
-        assert!(limits.check(a, "/api/auth/login").is_ok());
-        let refusal = limits.check(a, "/api/auth/login").expect_err("third");
+        let a = RateKey::address([10, 0, 0, 1].into());
+        let b = RateKey::address([10, 0, 0, 2].into());
+        assert!(limits.check(&a, "/api/auth/login").is_ok());
+        assert!(limits.check(&a, "/api/auth/login").is_ok());
+        let refusal = limits.check(&a, "/api/auth/login").expect_err("third");
         assert_eq!(refusal.bucket, BucketKind::Auth);
         assert!(refusal.retry_after > Duration::from_secs(20), "{refusal:?}");
-        assert!(limits.check(a, "/api/items").is_ok());
-        assert!(limits.check(b, "/api/auth/login").is_ok());
+        assert!(limits.check(&a, "/api/items").is_ok());
+        assert!(limits.check(&b, "/api/auth/login").is_ok());
+    }
+
+    #[test]
+    fn ipv6_clients_are_counted_by_their_64() {
+        let ip = |text: &str| text.parse::<IpAddr>().expect("ip");
+        assert_eq!(
+            RateKey::address(ip("2001:db8:1:2::1")),
+            RateKey::address(ip("2001:db8:1:2:ffff::9"))
+        );
+        assert_ne!(
+            RateKey::address(ip("2001:db8:1:2::1")),
+            RateKey::address(ip("2001:db8:1:3::1"))
+        );
+        assert_eq!(network_of(ip("192.0.2.7")), ip("192.0.2.7"));
     }
 }

@@ -749,3 +749,422 @@ fn bad_configuration_is_a_clear_error() {
         "{stderr}"
     );
 }
+
+// ---- Attacks (issue 17): each test is named for the attack it refuses. ----
+
+/// An HS256 token for `sub`, as the api issues them.
+fn user_token(sub: &str) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    hs256::install();
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &serde_json::json!({"sub": sub, "iat": now, "exp": now + 300}),
+        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+    )
+    .expect("token")
+}
+
+fn chat_request(url: String, token: &str, end_user: Option<&str>) -> http::Request<Body> {
+    let mut request = bearer(http::Request::post(url), token);
+    if let Some(user) = end_user {
+        request = request.header("x-cairn-end-user", user);
+    }
+    request.body(Body::from("{}")).expect("req")
+}
+
+/// Item 1: the api calls `/v1` for every user from one address with one key; one user's burst
+/// must not use up everyone's chat quota.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_users_chat_burst_leaves_other_users_their_quota() {
+    let upstream = Upstream::start("inference").await;
+    let port = testkit::free_port();
+    let mut command = gateway_command(port, &[upstream.url()], &[upstream.url()]);
+    command.env("GATEWAY_RATE_CHAT", "2/m");
+    let gw = start("per-caller-quota", command).await;
+    let chat = |token: String, end_user: Option<&'static str>| {
+        let request = chat_request(gw.url("/v1/chat/completions"), &token, end_user);
+        async move { send(request).await }
+    };
+
+    for _ in 0..2 {
+        let answer = chat(API_KEY.into(), Some("alice")).await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    }
+    let refused = chat(API_KEY.into(), Some("alice")).await;
+    assert_eq!(
+        refused.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "alice's third chat"
+    );
+    let bob = chat(API_KEY.into(), Some("bob")).await;
+    assert_eq!(
+        bob.status,
+        StatusCode::OK,
+        "bob has his own quota: {}",
+        bob.body
+    );
+    assert_eq!(bob.json()["headers"]["x-cairn-user"], "api-key:0/user:bob");
+    assert!(
+        bob.json()["headers"].get("x-cairn-end-user").is_none(),
+        "the end-user header stops at the gateway"
+    );
+
+    // Users holding their own tokens, from the same address, have their own quotas too.
+    for _ in 0..2 {
+        assert_eq!(
+            chat(user_token("user-a"), None).await.status,
+            StatusCode::OK
+        );
+    }
+    assert_eq!(
+        chat(user_token("user-a"), None).await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // A token holder cannot borrow another identity's quota with the end-user header.
+    let borrowed = chat(user_token("user-a"), Some("bob")).await;
+    assert_eq!(
+        borrowed.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        borrowed.body
+    );
+    let user_b = chat(user_token("user-b"), Some("alice")).await;
+    assert_eq!(user_b.status, StatusCode::OK, "{}", user_b.body);
+    assert_eq!(user_b.json()["headers"]["x-cairn-user"], "user-b");
+}
+
+/// Item 1: one caller opening stream after stream must not hold every inference slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_caller_cannot_hold_more_than_its_share_of_streams() {
+    let upstream = Upstream::start("inference").await;
+    let port = testkit::free_port();
+    let mut command = gateway_command(port, &[upstream.url()], &[upstream.url()]);
+    command.env("GATEWAY_V1_STREAMS_PER_CALLER", "1");
+    let gw = start("per-caller-streams", command).await;
+    let open = |end_user: &'static str| {
+        let request = bearer(http::Request::get(gw.url("/v1/events?count=3")), API_KEY)
+            .header("x-cairn-end-user", end_user)
+            .body(Body::empty())
+            .expect("req");
+        async move { client().request(request).await.expect("response") }
+    };
+
+    let first = open("alice").await;
+    assert_eq!(first.status(), StatusCode::OK);
+    let second = open("alice").await;
+    assert_eq!(
+        second.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "alice's second stream while the first is open"
+    );
+    let bob = open("bob").await;
+    assert_eq!(bob.status(), StatusCode::OK, "bob is not alice");
+    drop(bob);
+
+    // A stream counts until its body ends...
+    let events = first
+        .into_body()
+        .collect()
+        .await
+        .expect("events")
+        .to_bytes();
+    assert!(String::from_utf8_lossy(&events).contains("event 2"));
+    eventually("alice may stream again", Duration::from_secs(5), || async {
+        open("alice").await.status() == StatusCode::OK
+    })
+    .await;
+    // ...or is dropped by the client (the one `eventually` just dropped frees its slot too).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let abandoned = loop {
+        let response = open("alice").await;
+        if response.status() == StatusCode::OK {
+            break response;
+        }
+        assert!(Instant::now() < deadline, "alice's slot never came back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    drop(abandoned);
+    eventually(
+        "a dropped stream frees its slot",
+        Duration::from_secs(5),
+        || async { open("alice").await.status() == StatusCode::OK },
+    )
+    .await;
+}
+
+/// Item 11: a client behind nginx names itself anew in `X-Forwarded-For` on every request
+/// (nginx appends the address it saw); IPv6 clients rotate through their /64.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_x_forwarded_for_does_not_escape_the_rate_limit() {
+    let api = Upstream::start("api").await;
+    let port = testkit::free_port();
+    let mut command = gateway_command(port, &[api.url()], &[api.url()]);
+    command.env("GATEWAY_RATE_AUTH", "2/m");
+    let gw = start("forged-xff", command).await;
+    let login = |chain: String| {
+        let request = http::Request::post(gw.url("/api/auth/login"))
+            .header("x-forwarded-for", chain)
+            .body(Body::from("{}"))
+            .expect("req");
+        async move { send(request).await.status }
+    };
+    let mut seen = Vec::new();
+    for n in 0..4 {
+        // A client on a private network (as nginx saw it) with a forged entry before it.
+        seen.push(login(format!("198.51.100.{n}, 192.168.1.50")).await);
+    }
+    assert_eq!(
+        seen,
+        [200, 200, 429, 429].map(|s| StatusCode::from_u16(s).expect("status")),
+        "the forged left-most entries must not name the client"
+    );
+    let mut seen = Vec::new();
+    for n in 1..=3 {
+        seen.push(login(format!("2001:db8:1:2::{n}")).await);
+    }
+    assert_eq!(
+        seen,
+        [200, 200, 429].map(|s| StatusCode::from_u16(s).expect("status")),
+        "one IPv6 /64 is one client"
+    );
+    assert_eq!(
+        login("2001:db8:1:3::1".into()).await,
+        StatusCode::OK,
+        "another /64"
+    );
+}
+
+/// Item 12: error answers must not show where the upstreams are or what they said.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_failures_reveal_no_internal_address() {
+    let api = Upstream::start("api").await;
+    let dead = dead_url();
+    let port = testkit::free_port();
+    let mut command = gateway_command(port, &[api.url()], std::slice::from_ref(&dead));
+    command
+        .env("GATEWAY_HEALTH_INTERVAL_MS", "60000")
+        .env("GATEWAY_HEALTH_FAILURES_TO_EJECT", "5")
+        .env("GATEWAY_API_RESPONSE_TIMEOUT_MS", "300");
+    let gw = start("no-leaks", command).await;
+    let bad_gateway = send(
+        bearer(http::Request::get(gw.url("/v1/models")), API_KEY)
+            .body(Body::empty())
+            .expect("req"),
+    )
+    .await;
+    assert_eq!(bad_gateway.status, StatusCode::BAD_GATEWAY);
+    let timeout = get(&gw.url("/api/slow")).await;
+    assert_eq!(timeout.status, StatusCode::GATEWAY_TIMEOUT);
+    for (answer, address) in [(&bad_gateway, &dead), (&timeout, &api.url())] {
+        let body = answer.body.to_lowercase();
+        for leak in [
+            address.trim_start_matches("http://"),
+            "127.0.0.1",
+            "refused",
+            "tcp",
+        ] {
+            assert!(!body.contains(leak), "{leak} in {}", answer.body);
+        }
+        assert!(
+            answer.json()["error"]["code"].is_string(),
+            "{}",
+            answer.body
+        );
+    }
+    eventually("the address in the log", Duration::from_secs(5), || async {
+        gw.log().contains(dead.trim_start_matches("http://"))
+    })
+    .await;
+}
+
+/// Item 2: `/api/health/all` from outside shows no internal URLs, is rate-limited, and many
+/// callers at once do not multiply the probes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_all_tells_outsiders_only_a_bare_status_and_is_no_amplifier() {
+    let api = Upstream::start("api").await;
+    let inference = Upstream::start("inference").await;
+    let port = testkit::free_port();
+    let mut command = gateway_command(port, &[api.url()], &[inference.url()]);
+    command
+        .env("GATEWAY_HEALTH_INTERVAL_MS", "60000")
+        .env("GATEWAY_RATE_GENERAL", "5/m");
+    let gw = start("health-outside", command).await;
+    let through_nginx = |client: String| {
+        let request = http::Request::get(gw.url("/api/health/all"))
+            .header("x-forwarded-for", client)
+            .body(Body::empty())
+            .expect("req");
+        async move { send(request).await }
+    };
+
+    let outside = through_nginx("203.0.113.7".into()).await;
+    assert_eq!(outside.status, StatusCode::OK, "{}", outside.body);
+    assert_eq!(
+        outside.json(),
+        serde_json::json!({"status": "ok"}),
+        "bare status"
+    );
+    let inside = get(&gw.url("/api/health/all")).await;
+    assert_eq!(
+        inside.json()["services"][0]["instances"][0]["url"],
+        api.url()
+    );
+
+    let probes_before = api.health_hits.load(std::sync::atomic::Ordering::SeqCst);
+    let many = (0..20).map(|n| through_nginx(format!("198.51.100.{n}")));
+    for answer in futures_util::future::join_all(many).await {
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    }
+    let probes = api.health_hits.load(std::sync::atomic::Ordering::SeqCst) - probes_before;
+    assert!(probes <= 2, "20 callers caused {probes} probes of the api");
+
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        statuses.push(through_nginx("203.0.113.7".into()).await.status);
+    }
+    assert_eq!(
+        statuses.last(),
+        Some(&StatusCode::TOO_MANY_REQUESTS),
+        "{statuses:?}"
+    );
+}
+
+/// Item 16: slowloris. Headers sent one byte at a time are cut off after the header timeout,
+/// an idle keep-alive connection is closed after the idle timeout, and a stream that is busy
+/// is neither.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_headers_are_cut_off_and_idle_connections_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let api = Upstream::start("api").await;
+    let port = testkit::free_port();
+    let mut command = gateway_command(port, &[api.url()], &[api.url()]);
+    command
+        .env("GATEWAY_HEADER_READ_TIMEOUT_MS", "1000")
+        .env("GATEWAY_IDLE_TIMEOUT_MS", "1500");
+    let gw = start("slowloris", command).await;
+
+    let mut slow = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    slow.write_all(b"GET /api/items HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("first bytes");
+    let started = Instant::now();
+    let (mut reader, mut writer) = slow.into_split();
+    let dribble = async {
+        // One header byte every 200 ms, for at most 6 s.
+        for _ in 0..30 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if writer.write_all(b"X").await.is_err() {
+                break;
+            }
+        }
+    };
+    let mut buffer = [0u8; 256];
+    let cut = tokio::select! {
+        read = reader.read(&mut buffer) => matches!(read, Ok(0) | Err(_)),
+        () = dribble => false,
+    };
+    assert!(cut, "a header sent byte by byte was never cut off");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+
+    let mut idle = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    idle.write_all(b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("request");
+    let n = idle.read(&mut buffer).await.expect("response");
+    assert!(buffer[..n].starts_with(b"HTTP/1.1 200"));
+    let started = Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(4), async {
+        // The rest of the answer, if it came in two parts, then the end of the connection.
+        while matches!(idle.read(&mut buffer).await, Ok(n) if n > 0) {}
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "idle keep-alive connection still open after {:?}",
+        started.elapsed()
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(1000),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // A stream of 8 events 300 ms apart outlives both timeouts.
+    let stream = client()
+        .request(
+            http::Request::get(gw.url("/api/events?count=8"))
+                .body(Body::empty())
+                .expect("req"),
+        )
+        .await
+        .expect("stream");
+    let events = stream
+        .into_body()
+        .collect()
+        .await
+        .expect("every event")
+        .to_bytes();
+    assert!(String::from_utf8_lossy(&events).contains("event 7"));
+}
+
+/// Item 16: one address opening connection after connection is refused beyond the cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_per_ip_cap_are_refused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let api = Upstream::start("api").await;
+    let port = testkit::free_port();
+    let mut command = gateway_command(port, &[api.url()], &[api.url()]);
+    command
+        .env("GATEWAY_MAX_CONNECTIONS_PER_IP", "4")
+        // The test's own address is then an ordinary client, not a proxy.
+        .env("GATEWAY_TRUSTED_PROXIES", "192.0.2.1");
+    let gw = start("conn-cap", command).await;
+    // Answered on a fresh connection that stays open afterwards (keep-alive)?
+    let try_connection = || async {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        stream
+            .write_all(b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .ok()?;
+        let mut buffer = [0u8; 512];
+        let n = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buffer))
+            .await
+            .ok()?
+            .ok()?;
+        buffer[..n].starts_with(b"HTTP/1.1 200").then_some(stream)
+    };
+    let mut held = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while held.len() < 4 {
+        // The readiness probes' connections may still be closing.
+        match try_connection().await {
+            Some(stream) => held.push(stream),
+            None => assert!(Instant::now() < deadline, "only {} connections", held.len()),
+        }
+    }
+    for attempt in 1..=3 {
+        assert!(
+            try_connection().await.is_none(),
+            "connection 5 (attempt {attempt}) was served"
+        );
+    }
+    held.pop();
+    eventually("a freed slot is usable", Duration::from_secs(5), || async {
+        try_connection().await.is_some()
+    })
+    .await;
+    drop(gw);
+}

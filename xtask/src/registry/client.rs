@@ -2,6 +2,11 @@
 //! asked), authentication (anonymous, Basic, Bearer tokens for the scopes a request needs) and
 //! retries with exponential backoff and jitter on 429, 5xx and broken connections.
 //!
+//! Credentials and tokens go only to the registry's own origin (scheme, host and port as the
+//! user named it: HTTPS, or HTTP with `--plain-http`). Redirects are followed here, not by
+//! reqwest, so that `Authorization` is attached hop by hop only where that holds (reqwest keeps it
+//! on a same-host redirect from https to http); a token realm elsewhere is asked anonymously.
+//!
 //! It knows requests, statuses and tokens, not blobs or manifests (that is `upload` and the
 //! push plan). It must never log a credential or a token.
 
@@ -98,8 +103,10 @@ pub enum Attempt {
     Transient(String),
 }
 
+/// Redirects followed for one request.
+const MAX_REDIRECTS: usize = 5;
+
 /// A registry client shared by every upload of one push.
-#[derive(Debug)]
 pub struct Client {
     http: reqwest::Client,
     base: Url,
@@ -108,6 +115,19 @@ pub struct Client {
     challenge: Mutex<Option<Challenge>>,
     tokens: Mutex<HashMap<String, String>>,
     pub retry: RetryPolicy,
+}
+
+impl std::fmt::Debug for Client {
+    // The cached tokens are secrets like the credentials (whose own Debug hides the secret).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let tokens = self.tokens.lock().map_or(0, |tokens| tokens.len());
+        f.debug_struct("Client")
+            .field("base", &self.base.as_str())
+            .field("credentials", &self.credentials)
+            .field("tokens", &format_args!("[{tokens} hidden]"))
+            .field("retry", &self.retry)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Client {
@@ -121,7 +141,7 @@ impl Client {
             .use_rustls_tls()
             .connect_timeout(Duration::from_secs(10))
             .pool_max_idle_per_host(16)
-            .redirect(reqwest::redirect::Policy::limited(5));
+            .redirect(reqwest::redirect::Policy::none());
         let scheme = match transport {
             Transport::PlainHttp => "http",
             Transport::Https { ca_file } => {
@@ -216,7 +236,16 @@ impl Client {
         let mut refreshed = false;
         loop {
             let authorization = self.authorization(&request.scopes).await?;
-            let response = match self.build(request, authorization).send().await {
+            let sent = self
+                .follow(
+                    request.method.clone(),
+                    request.url.clone(),
+                    &request.headers,
+                    request.body.clone(),
+                    authorization.as_deref(),
+                )
+                .await;
+            let response = match sent {
                 Ok(response) => response,
                 Err(err) if err.is_builder() => {
                     return Err(anyhow!(err).context(format!("building {}", request.what)));
@@ -243,22 +272,61 @@ impl Client {
         }
     }
 
-    fn build(&self, request: &Request, authorization: Option<String>) -> reqwest::RequestBuilder {
-        let mut headers = HeaderMap::new();
-        for (name, value) in &request.headers {
-            headers.append(name.clone(), value.clone());
+    /// Whether `url` is the registry's own origin: the only place credentials and tokens go.
+    fn is_registry_origin(&self, url: &Url) -> bool {
+        url.scheme() == self.base.scheme()
+            && url.host_str() == self.base.host_str()
+            && url.port_or_known_default() == self.base.port_or_known_default()
+    }
+
+    /// Sends one request and follows up to `MAX_REDIRECTS` redirects, attaching
+    /// `authorization` only on hops to the registry's own origin.
+    async fn follow(
+        &self,
+        mut method: Method,
+        mut url: Url,
+        headers: &[(HeaderName, HeaderValue)],
+        mut body: Option<Bytes>,
+        authorization: Option<&str>,
+    ) -> Result<Response, reqwest::Error> {
+        let mut hops = 0;
+        loop {
+            let mut header_map = HeaderMap::new();
+            for (name, value) in headers {
+                header_map.append(name.clone(), value.clone());
+            }
+            let mut builder = self
+                .http
+                .request(method.clone(), url.clone())
+                .headers(header_map);
+            if let Some(value) = authorization.filter(|_| self.is_registry_origin(&url)) {
+                builder = builder.header(AUTHORIZATION, value);
+            }
+            if let Some(body) = &body {
+                builder = builder.body(body.clone());
+            }
+            let response = builder.send().await?;
+            let status = response.status();
+            let next = response
+                .headers()
+                .get(LOCATION)
+                .and_then(|value| value.to_str().ok())
+                .and_then(|location| url.join(location).ok());
+            let Some(next) = next.filter(|_| status.is_redirection() && hops < MAX_REDIRECTS)
+            else {
+                return Ok(response);
+            };
+            hops += 1;
+            // 303, and 301/302 after a POST, turn into a GET without a body (RFC 9110 15.4).
+            let becomes_get = status == StatusCode::SEE_OTHER
+                || (matches!(status, StatusCode::MOVED_PERMANENTLY | StatusCode::FOUND)
+                    && method == Method::POST);
+            if becomes_get {
+                method = Method::GET;
+                body = None;
+            }
+            url = next;
         }
-        let mut builder = self
-            .http
-            .request(request.method.clone(), request.url.clone())
-            .headers(headers);
-        if let Some(value) = authorization {
-            builder = builder.header(AUTHORIZATION, value);
-        }
-        if let Some(body) = &request.body {
-            builder = builder.body(body.clone());
-        }
-        builder
     }
 
     /// Records the challenge of a 401 and forgets the token it refused. True when another try
@@ -338,13 +406,27 @@ impl Client {
                 query.append_pair("scope", scope);
             }
         }
+        // The user's password goes to a token server on the registry's own origin only; one
+        // elsewhere (named by a 401 that anyone on the path may have written) is asked anonymously.
+        let basic = self
+            .credentials
+            .as_ref()
+            .filter(|_| self.is_registry_origin(&url))
+            .map(basic_header);
+        let withheld = if self.credentials.is_some() && basic.is_none() {
+            format!(
+                " (your credentials were not sent: the realm is not the registry's origin {})",
+                self.base.as_str().trim_end_matches('/')
+            )
+        } else {
+            String::new()
+        };
         let mut attempt = 0;
         loop {
-            let mut builder = self.http.get(url.clone());
-            if let Some(credentials) = &self.credentials {
-                builder = builder.basic_auth(&credentials.username, Some(&credentials.secret));
-            }
-            let failure = match builder.send().await {
+            let sent = self
+                .follow(Method::GET, url.clone(), &[], None, basic.as_deref())
+                .await;
+            let failure = match sent {
                 Ok(response) if response.status().is_success() => {
                     return parse_token(response, realm).await;
                 }
@@ -352,7 +434,7 @@ impl Client {
                     let status = response.status();
                     let body = response.text().await.unwrap_or_default();
                     bail!(
-                        "token server {realm} refused scopes {scopes:?}: {status}: {}",
+                        "token server {realm} refused scopes {scopes:?}: {status}: {}{withheld}",
                         body.trim()
                     );
                 }
@@ -446,6 +528,188 @@ fn report_retry(host: &str, request: &Request, reason: &str, attempt: u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+
+    use http_body_util::Full;
+    use hyper::body::Incoming;
+
+    /// What a test server saw: the path and the `Authorization` header of each request.
+    type Log = Arc<Mutex<Vec<(String, Option<String>)>>>;
+    type Answer = fn(&str, Option<&str>, u16) -> hyper::Response<Full<Bytes>>;
+
+    /// A loopback HTTP server that records every request and answers with `answer(path,
+    /// authorization, other_port)`.
+    async fn server(answer: Answer, other_port: Arc<Mutex<u16>>) -> (u16, Log) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let log = Log::default();
+        let seen = Arc::clone(&log);
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (seen, other_port) = (Arc::clone(&seen), Arc::clone(&other_port));
+                let service =
+                    hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+                        let path = request.uri().path().to_owned();
+                        let authorization = request
+                            .headers()
+                            .get(AUTHORIZATION)
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_owned);
+                        seen.lock()
+                            .expect("log")
+                            .push((path.clone(), authorization.clone()));
+                        let other = *other_port.lock().expect("port");
+                        let response = answer(&path, authorization.as_deref(), other);
+                        async move { Ok::<_, std::convert::Infallible>(response) }
+                    });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+                );
+            }
+        });
+        (port, log)
+    }
+
+    fn reply(status: u16, headers: &[(&str, String)], body: &str) -> hyper::Response<Full<Bytes>> {
+        let mut response = hyper::Response::builder().status(status);
+        for (name, value) in headers {
+            response = response.header(*name, value);
+        }
+        response
+            .body(Full::new(Bytes::from(body.to_owned())))
+            .expect("response")
+    }
+
+    const SECRET: &str = "s3cr3t-password";
+
+    fn credentials() -> Credentials {
+        Credentials {
+            username: "pusher".into(),
+            secret: SECRET.into(),
+        }
+    }
+
+    fn client(port: u16) -> Client {
+        let retry = RetryPolicy {
+            retries: 0,
+            base_delay: Duration::from_millis(10),
+            max_delay: Duration::from_millis(10),
+        };
+        Client::new(
+            &format!("127.0.0.1:{port}"),
+            &Transport::PlainHttp,
+            Some(credentials()),
+            retry,
+        )
+        .expect("client")
+    }
+
+    /// The other origin: a token server and a blob store that anyone may use.
+    fn other_origin(path: &str, _: Option<&str>, _: u16) -> hyper::Response<Full<Bytes>> {
+        match path {
+            "/token" => reply(200, &[], r#"{"token":"token-from-elsewhere"}"#),
+            _ => reply(200, &[], "blob"),
+        }
+    }
+
+    fn assert_no_credentials(log: &Log, host: &str) {
+        for (path, authorization) in log.lock().expect("log").iter() {
+            assert!(
+                authorization.is_none(),
+                "{host} received Authorization {authorization:?} on {path}"
+            );
+        }
+    }
+
+    /// Item 13 of issue 17: a registry (or whoever answers for it) names a token realm on
+    /// another origin; the user's password must not go there.
+    #[tokio::test]
+    async fn credentials_never_reach_a_token_realm_on_another_origin() {
+        let elsewhere_port = Arc::new(Mutex::new(0));
+        let (elsewhere, elsewhere_log) = server(other_origin, Arc::default()).await;
+        *elsewhere_port.lock().expect("port") = elsewhere;
+        let registry_answer: Answer = |path, authorization, other| match (path, authorization) {
+            ("/v2/", Some(a)) if a.starts_with("Bearer ") => reply(200, &[], "{}"),
+            _ => reply(
+                401,
+                &[(
+                    "www-authenticate",
+                    format!(r#"Bearer realm="http://127.0.0.1:{other}/token",service="r""#),
+                )],
+                "",
+            ),
+        };
+        let (registry, _) = server(registry_answer, elsewhere_port).await;
+        client(registry)
+            .ping()
+            .await
+            .expect("anonymous token works");
+        let seen = elsewhere_log.lock().expect("log").len();
+        assert!(seen >= 1, "the token server was asked");
+        assert_no_credentials(&elsewhere_log, "the token realm on another origin");
+    }
+
+    /// Item 13 of issue 17: the registry redirects a download to another host; the
+    /// credentials stay with the registry.
+    #[tokio::test]
+    async fn authorization_is_not_sent_on_a_redirect_to_another_host() {
+        let (elsewhere, elsewhere_log) = server(other_origin, Arc::default()).await;
+        let registry_answer: Answer = |path, authorization, other| match (path, authorization) {
+            (_, None) => reply(
+                401,
+                &[("www-authenticate", r#"Basic realm="r""#.to_owned())],
+                "",
+            ),
+            ("/v2/", Some(_)) => reply(200, &[], "{}"),
+            (_, Some(_)) => reply(
+                307,
+                &[("location", format!("http://127.0.0.1:{other}/blob"))],
+                "",
+            ),
+        };
+        let (registry, registry_log) =
+            server(registry_answer, Arc::new(Mutex::new(elsewhere))).await;
+        let client = client(registry);
+        client.ping().await.expect("ping");
+        let request = Request::new(
+            Method::GET,
+            client.url("ns/api/blobs/sha256:00").expect("url"),
+            Vec::new(),
+            "GET blob".into(),
+        );
+        let response = client.send(&request).await.expect("download");
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.text().await.expect("body"), "blob");
+        assert!(
+            registry_log
+                .lock()
+                .expect("log")
+                .iter()
+                .any(|(_, a)| a.as_deref().is_some_and(|a| a.starts_with("Basic "))),
+            "the registry itself gets the credentials"
+        );
+        assert_eq!(elsewhere_log.lock().expect("log").len(), 1);
+        assert_no_credentials(&elsewhere_log, "the redirect target");
+    }
+
+    /// Item 13 of issue 17: `{:?}` of anything holding a secret shows no secret.
+    #[test]
+    fn debug_of_the_client_shows_no_password_or_token() {
+        let client = client(9);
+        client
+            .tokens
+            .lock()
+            .expect("tokens")
+            .insert("repository:a:pull".into(), "bearer-token-value".into());
+        let printed = format!("{client:?}");
+        assert!(!printed.contains(SECRET), "{printed}");
+        assert!(!printed.contains("bearer-token-value"), "{printed}");
+        let printed = format!("{:?}", credentials());
+        assert!(!printed.contains(SECRET), "{printed}");
+    }
 
     #[test]
     fn backoff_doubles_with_jitter_and_caps() {

@@ -28,13 +28,18 @@ pub fn render_compose(topology: &Topology, server: &str, pins: &ImagePins) -> Re
             volumes.insert(volume.source.clone(), json!({}));
         }
         for network in &service.networks {
-            let internal = topology.networks[network.get_ref()].internal;
-            let value = if internal {
-                json!({"internal": true})
-            } else {
-                json!({})
-            };
-            networks.insert(network.get_ref().clone(), value);
+            let declared = &topology.networks[network.get_ref()];
+            let mut value = Map::new();
+            if declared.internal {
+                value.insert("internal".into(), json!(true));
+            }
+            if let Some(subnet) = &declared.subnet {
+                value.insert(
+                    "ipam".into(),
+                    json!({"config": [{"subnet": subnet.get_ref()}]}),
+                );
+            }
+            networks.insert(network.get_ref().clone(), Value::Object(value));
         }
     }
     let mut document = Map::new();

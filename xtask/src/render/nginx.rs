@@ -1,8 +1,9 @@
 //! The nginx config of the edge server, in two variants: `Tls` (port 80 redirects to 443, modern
 //! TLS, what server A runs) and `Local` (plain HTTP on loopback for the local stack). Both share
 //! the same locations: the SPA at `/` with `try_files`, `/api/` to the gateway upstream with
-//! keepalive, `/api/chat` and `/v1/` as unbuffered, uncached event streams with a long read
-//! timeout, WebSocket upgrade through a `map`, and the security headers included in every
+//! keepalive, `/api/files` uploads streamed to the gateway unbuffered, `/api/chat` and `/v1/` as
+//! unbuffered, uncached event streams with a long read timeout, no response spilled into a
+//! temporary file (nginx's `/tmp` is a tmpfs counted as its memory), WebSocket upgrade through a `map`, and the security headers included in every
 //! location (a location with its own `add_header` would otherwise drop the server's).
 //!
 //! The hand-written pieces (`nginx/*.conf`: TLS settings, security headers, proxy headers, the
@@ -107,6 +108,9 @@ fn http_settings(site: &Site, variant: Variant) -> String {
     # The api's own limit (site.body_limit_mib in the topology).
     client_max_body_size {body}m;
     proxy_read_timeout 60s;
+    # /tmp is a tmpfs charged to nginx's memory limit: a response larger than the in-memory
+    # buffers waits for the client instead of spilling into a temporary file there.
+    proxy_max_temp_file_size 0;
 
     # Never text/event-stream: a compressed stream is buffered until a block fills.
     gzip on;
@@ -211,6 +215,15 @@ fn locations(site: &Site) -> String {
         location /api/ {{
             include snippets/security-headers.conf;
             include snippets/proxy.conf;
+            proxy_pass http://{upstream};
+        }}
+
+        # Uploads stream to the gateway as they arrive (it enforces the size limit): buffered
+        # whole, each would sit in /tmp, a tmpfs charged to nginx's memory limit, until it ended.
+        location /api/files {{
+            include snippets/security-headers.conf;
+            include snippets/proxy.conf;
+            proxy_request_buffering off;
             proxy_pass http://{upstream};
         }}
 

@@ -195,6 +195,15 @@ fn the_local_variant_streams_without_tls() {
                     proxy_pass http://gateway;
                 }
 
+                # Uploads stream to the gateway as they arrive (it enforces the size limit): buffered
+                # whole, each would sit in /tmp, a tmpfs charged to nginx's memory limit, until it ended.
+                location /api/files {
+                    include snippets/security-headers.conf;
+                    include snippets/proxy.conf;
+                    proxy_request_buffering off;
+                    proxy_pass http://gateway;
+                }
+
                 # Server-sent events: every event reaches the client as it is written.
                 location /api/chat {
                     include snippets/security-headers.conf;
@@ -217,6 +226,27 @@ fn the_local_variant_streams_without_tls() {
     assert!(text.contains("server 127.0.0.1:8080;"));
 }
 
+/// Issue 17, item 5: nginx's /tmp is a tmpfs counted as its memory.
+#[test]
+fn uploads_stream_to_the_gateway_and_nothing_spills_into_tmp() {
+    for file in [
+        "server-a/nginx/nginx.conf",
+        "server-a/nginx/nginx-local.conf",
+    ] {
+        let conf = committed(file);
+        let files = &conf[conf
+            .find("location /api/files {")
+            .expect("the upload location")..];
+        let files = &files[..files.find('}').expect("its end")];
+        assert!(
+            files.contains("proxy_request_buffering off;"),
+            "{file}: {files}"
+        );
+        assert!(conf.contains("client_max_body_size 25m;"), "{file}");
+        assert!(conf.contains("proxy_max_temp_file_size 0;"), "{file}");
+    }
+}
+
 #[test]
 fn no_location_loses_the_security_headers_and_streams_are_never_gzipped() {
     let conf = committed("server-a/nginx/nginx.conf");
@@ -225,7 +255,7 @@ fn no_location_loses_the_security_headers_and_streams_are_never_gzipped() {
     let with_headers = tls_server
         .matches("include snippets/security-headers.conf;")
         .count();
-    assert_eq!(locations, 5, "{conf}");
+    assert_eq!(locations, 6, "{conf}");
     assert_eq!(with_headers, locations, "{conf}");
     let gzip_types = conf
         .lines()

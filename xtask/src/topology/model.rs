@@ -64,6 +64,11 @@ pub struct Network {
     /// No route outside the host: for data services only.
     #[serde(default)]
     pub internal: bool,
+    /// A fixed IPv4 subnet (`A.B.C.D/N`) instead of one Docker picks: for a network whose
+    /// members another service trusts by address (nginx, for the gateway's
+    /// `GATEWAY_TRUSTED_PROXIES`).
+    #[serde(default)]
+    pub subnet: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -29,12 +29,39 @@ fn at<T>(field: &Spanned<T>, message: String) -> Problem {
 
 pub fn check(topology: &Topology) -> Result<(), Problem> {
     check_images(topology)?;
+    for (name, network) in &topology.networks {
+        if let Some(subnet) = &network.subnet {
+            check_subnet(name, subnet)?;
+        }
+    }
     for (name, service) in &topology.services {
         check_service(topology, name, service)?;
     }
     check_site(topology)?;
     check_ports(topology)?;
     check_cycles(topology)
+}
+
+/// `A.B.C.D/N` with N between 8 and 30, the address being the network's first (no host bits).
+fn check_subnet(network: &str, subnet: &Spanned<String>) -> Result<(), Problem> {
+    let parsed = subnet
+        .get_ref()
+        .split_once('/')
+        .and_then(|(address, length)| {
+            let address: std::net::Ipv4Addr = address.parse().ok()?;
+            let length: u32 = length.parse().ok().filter(|n| (8..=30).contains(n))?;
+            let host_bits = u32::from(address) & (u32::MAX >> length);
+            (host_bits == 0).then_some(())
+        });
+    parsed.ok_or_else(|| {
+        at(
+            subnet,
+            format!(
+                "networks.{network}.subnet: {:?} is not an IPv4 network such as \"172.31.250.0/29\" (prefix 8 to 30, no host bits)",
+                subnet.get_ref()
+            ),
+        )
+    })
 }
 
 fn check_images(topology: &Topology) -> Result<(), Problem> {

@@ -6,6 +6,7 @@
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -149,6 +150,8 @@ pub struct Upstream {
     pub name: &'static str,
     pub port: u16,
     pub sse_sent: Arc<Mutex<Vec<Instant>>>,
+    /// How many health probes (`/api/health`, `/health`) this upstream answered.
+    pub health_hits: Arc<AtomicUsize>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -163,6 +166,7 @@ impl Upstream {
             name,
             port,
             sse_sent: Arc::default(),
+            health_hits: Arc::default(),
             stop: None,
             task: None,
         };
@@ -176,7 +180,11 @@ impl Upstream {
 
     fn serve(&mut self, listener: tokio::net::TcpListener) {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let app = upstream_app(self.name, Arc::clone(&self.sse_sent));
+        let app = upstream_app(
+            self.name,
+            Arc::clone(&self.sse_sent),
+            Arc::clone(&self.health_hits),
+        );
         self.stop = Some(stop);
         self.task = Some(tokio::spawn(async move {
             let _ = axum::serve(listener, app)
@@ -205,10 +213,23 @@ impl Upstream {
     }
 }
 
-fn upstream_app(name: &'static str, sse_sent: Arc<Mutex<Vec<Instant>>>) -> Router {
+fn upstream_app(
+    name: &'static str,
+    sse_sent: Arc<Mutex<Vec<Instant>>>,
+    health_hits: Arc<AtomicUsize>,
+) -> Router {
+    let health = move || {
+        health_hits.fetch_add(1, Ordering::SeqCst);
+        async { "ok" }
+    };
+    let v1_sent = Arc::clone(&sse_sent);
     Router::new()
-        .route("/api/health", axum::routing::get(|| async { "ok" }))
-        .route("/health", axum::routing::get(|| async { "ok" }))
+        .route("/api/health", axum::routing::get(health.clone()))
+        .route("/health", axum::routing::get(health))
+        .route(
+            "/v1/events",
+            axum::routing::get(move |request: Request| events(request, Arc::clone(&v1_sent))),
+        )
         .route(
             "/api/slow",
             axum::routing::get(|| async {
