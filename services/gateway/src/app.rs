@@ -120,6 +120,14 @@ pub fn serve(config: Config, metrics: PrometheusHandle) -> Result<(), ServeError
         state: Arc::clone(&state),
         own_routes: own_routes(Arc::clone(&state), metrics.clone()),
     });
+    let runtime =
+        single_threaded_runtime().map_err(|source| ServeError::Serve { address, source })?;
+    // The workers answer as soon as they start: SIGTERM must be caught from then on, not from
+    // when this thread first polls the signal (its default action would cut open streams).
+    let shutdown = {
+        let _runtime = runtime.enter();
+        lifecycle::shutdown::signal()
+    };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut workers = Vec::new();
     for index in 0..config.workers {
@@ -131,13 +139,11 @@ pub fn serve(config: Config, metrics: PrometheusHandle) -> Result<(), ServeError
             .map_err(|source| ServeError::Serve { address, source })?;
         workers.push(worker);
     }
-    let runtime =
-        single_threaded_runtime().map_err(|source| ServeError::Serve { address, source })?;
     runtime.block_on(async move {
         spawn_background(&state, &config, metrics);
         tracing::info!(%address, workers = config.workers, api = ?urls(&state.api), inference = ?urls(&state.inference), "gateway listening");
         tokio::select! {
-            () = lifecycle::shutdown::signal() => {}
+            () = shutdown => {}
             () = all_finished(&workers) => tracing::error!("every worker stopped"),
         }
         let _ = stop_tx.send(true);
