@@ -376,7 +376,10 @@ fn a_user_chats_stops_reloads_and_moves_files_in_a_real_browser() {
     // Both are rendered Markdown, from a prefix and from the whole stored reply: no prefix
     // relation holds between them (a `*` may open emphasis only once its pair arrived).
     let (shown, stored) = stopped.expect("a reply stopped half way and stored as partial");
-    assert!(!shown.is_empty() && !stored.is_empty(), "{shown:?} {stored:?}");
+    assert!(
+        !shown.is_empty() && !stored.is_empty(),
+        "{shown:?} {stored:?}"
+    );
     assert_eq!(page.session_in_url(), first_session);
     assert!(page.messages_text().contains(first_question));
     let listed = page.script(&format!(
