@@ -86,14 +86,18 @@ function showAuth() {
   view.email.focus();
 }
 
+/** Shows the chat once its lists and the session in the URL are loaded: a message typed
+ * earlier would be cleared (and its stream aborted) by the session opening under it. */
 async function showChat() {
   view.auth.hidden = true;
-  view.chat.hidden = false;
-  view.logout.hidden = false;
-  view.menu.hidden = false;
   view.userEmail.textContent = auth.email;
   await Promise.all([loadSessions(), loadFiles()]);
   await openFromUrl();
+  if (!auth.token) return; // the login ended while loading (a 401)
+  view.chat.hidden = false;
+  view.logout.hidden = false;
+  view.menu.hidden = false;
+  view.message.focus();
 }
 
 function logOut(message = "") {
@@ -126,7 +130,6 @@ view.authForm.addEventListener("submit", async (event) => {
   auth.save(session.token, session.user?.email ?? email);
   view.password.value = "";
   await showChat();
-  view.message.focus();
 });
 
 view.logout.addEventListener("click", () => logOut());
@@ -154,6 +157,7 @@ function renderSessions() {
     open.dataset.action = "open";
     const remove = button("Delete", "ghost", () => deleteSession(session));
     remove.setAttribute("aria-label", `Delete session ${session.title}`);
+    remove.dataset.action = "delete";
     item.append(open, remove);
     return item;
   });

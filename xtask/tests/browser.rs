@@ -29,8 +29,11 @@ const BODY_LIMIT_BYTES: usize = 25 * 1024 * 1024;
 const STEP: Duration = Duration::from_secs(20);
 /// A whole reply of the tiny model on a debug build, on a loaded machine.
 const REPLY: Duration = Duration::from_secs(180);
-/// Tries for a reply long enough to stream in several steps, or to be stopped half way.
+/// Tries for a reply long enough to stream in several steps.
 const TRIES: usize = 8;
+/// Tries for a reply still running on the api when the Stop reaches it: a tiny model on a fast
+/// machine may finish a reply before the click lands.
+const STOP_TRIES: usize = 20;
 
 const EMAIL: &str = "browser@example.org";
 const PASSWORD: &str = "correct horse battery";
@@ -115,6 +118,15 @@ impl Page {
         self.browser.wait_for_element(selector, STEP)
     }
 
+    /// Clicks what matches `selector`, finding it again when the page replaced it meanwhile
+    /// (lists are re-rendered when the api answers).
+    fn click(&self, selector: &str) {
+        wait_for(&format!("a click on {selector}"), STEP, || {
+            let element = self.element(selector);
+            self.browser.try_click(&element).then_some(())
+        });
+    }
+
     fn script(&self, body: &str) -> Value {
         self.browser.execute(body, &[])
     }
@@ -146,7 +158,7 @@ impl Page {
         let password_input = self.element("#password");
         self.browser.clear(&password_input);
         self.browser.type_into(&password_input, password);
-        self.browser.click(&self.element(button));
+        self.click(button);
     }
 
     fn wait_for_chat(&self) {
@@ -155,7 +167,7 @@ impl Page {
     }
 
     fn log_out(&self) {
-        self.browser.click(&self.element("#logout"));
+        self.click("#logout");
         self.element("#auth-form");
     }
 
@@ -342,7 +354,7 @@ fn a_user_chats_stops_reloads_and_moves_files_in_a_real_browser() {
     // shows. The tiny model is fast: when the api had finished (and stored) the whole reply
     // before the stop reached it, try again.
     let mut stopped = None;
-    for _ in 0..TRIES {
+    for _ in 0..STOP_TRIES {
         let count = page.send("Please write a long answer");
         let state = wait_for("a first delta", REPLY, || {
             let (_, last) = page.replies();
@@ -392,7 +404,7 @@ fn a_user_chats_stops_reloads_and_moves_files_in_a_real_browser() {
 
     // Markup in a message is text (the same renderer shows replies), also once reloaded; a
     // Shift+Enter is a new line, not a send.
-    page.browser.click(&page.element("#new-session"));
+    page.click("#new-session");
     wait_for("an empty conversation", STEP, || {
         (page.replies().0 == 0 && page.script("return location.hash;") == "").then_some(())
     });
@@ -437,9 +449,9 @@ fn a_user_chats_stops_reloads_and_moves_files_in_a_real_browser() {
     }
 
     // Open the older session from the list.
-    page.browser.click(&page.element(&format!(
+    page.click(&format!(
         "#sessions li[data-id=\"{first_session}\"] button[data-action=open]"
-    )));
+    ));
     wait_for("the older session", STEP, || {
         page.messages_text().contains(first_question).then_some(())
     });
@@ -467,9 +479,9 @@ fn a_user_chats_stops_reloads_and_moves_files_in_a_real_browser() {
             .is_some_and(|values| values.iter().any(|v| v.as_f64().is_some_and(|v| v > 0.0))),
         "no upload progress shown: {progress}"
     );
-    page.browser.click(&page.element(&format!(
+    page.click(&format!(
         "#files li[data-id=\"{file_id}\"] button[data-action=download]"
-    )));
+    ));
     let downloaded = downloads.join("notes of the test.txt");
     let bytes = wait_for("the downloaded file", STEP, || {
         std::fs::read(&downloaded)
@@ -497,14 +509,32 @@ fn a_user_chats_stops_reloads_and_moves_files_in_a_real_browser() {
     page.wait_for_notice("413");
     assert!(page.file_row("too big.txt").is_none());
 
-    page.browser.click(&page.element(&format!(
+    page.click(&format!(
         "#files li[data-id=\"{file_id}\"] button[data-action=delete]"
-    )));
+    ));
     wait_for("the file gone from the list", STEP, || {
         page.file_row("notes of the test.txt")
             .is_none()
             .then_some(())
     });
+
+    // Delete the markup session: gone from the list, also for the api after a reload.
+    page.click(&format!(
+        "#sessions li[data-id=\"{second_session}\"] button[data-action=delete]"
+    ));
+    let gone =
+        format!("return !document.querySelector('#sessions li[data-id=\"{second_session}\"]');");
+    wait_for("the deleted session gone from the list", STEP, || {
+        (page.script(&gone) == true).then_some(())
+    });
+    page.browser.refresh();
+    page.wait_for_chat();
+    page.element(&format!("#sessions li[data-id=\"{first_session}\"]"));
+    assert_eq!(
+        page.script(&gone),
+        true,
+        "the deleted session is back after a reload"
+    );
 
     // Log out: the token is gone, also after a reload.
     page.log_out();

@@ -138,16 +138,15 @@ impl Browser {
         })
     }
 
+    /// False also for an element the page has replaced since it was found (stale).
     pub fn is_displayed(&self, element: &Element) -> bool {
-        self.command("GET", &format!("/element/{}/displayed", element.0), None) == true
-    }
-
-    pub fn click(&self, element: &Element) {
-        self.command(
-            "POST",
-            &format!("/element/{}/click", element.0),
-            Some(&json!({})),
-        );
+        try_send(
+            &self.http,
+            "GET",
+            &format!("{}/element/{}/displayed", self.session_url, element.0),
+            None,
+        )
+        .is_ok_and(|shown| shown == true)
     }
 
     /// Clicks `element` unless WebDriver refuses (it was hidden or removed meanwhile).
