@@ -4,7 +4,8 @@
 # is generated per run unless the caller exports one).
 #
 # Stack: PostgreSQL and SeaweedFS's S3 gateway (services-flake), a bucket for the api,
-# inference on a tiny random model (or MODEL_DIR), api, gateway, nginx in front.
+# inference on a tiny random model (or MODEL_DIR), api, gateway, nginx in front serving the web
+# app (web/) at / and the api under /api/.
 # Data lives in ./data under the directory `nix run .#dev` is started from.
 {
   pkgs,
@@ -70,16 +71,36 @@ let
       }
       server {
         listen ${local ports.nginx};
+        # The web app, from the flake's source; the same security headers (and so the same
+        # Content-Security-Policy) as the rendered configs. Its own small types map: modules
+        # must be served as JavaScript.
+        root ${../web};
+        include ${../nginx/security-headers.conf};
+        types {
+          text/html html;
+          text/css css;
+          text/javascript js;
+        }
+        proxy_http_version 1.1;
+        proxy_set_header Host $host;
+        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        proxy_set_header Upgrade $http_upgrade;
+        proxy_set_header Connection $connection_upgrade;
+        # SSE (chat streaming) must reach the client event by event.
+        proxy_buffering off;
+        proxy_read_timeout 1h;
+        # The site's body limit (site.body_limit_mib), for uploads.
+        client_max_body_size 25m;
         location / {
+          include ${../nginx/security-headers.conf};
+          add_header Cache-Control "no-cache" always;
+          try_files $uri $uri/ /index.html;
+        }
+        location /api/ {
           proxy_pass http://cairn_gateway;
-          proxy_http_version 1.1;
-          proxy_set_header Host $host;
-          proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-          proxy_set_header Upgrade $http_upgrade;
-          proxy_set_header Connection $connection_upgrade;
-          # SSE (chat streaming) must reach the client event by event.
-          proxy_buffering off;
-          proxy_read_timeout 1h;
+        }
+        location /v1/ {
+          proxy_pass http://cairn_gateway;
         }
       }
     }

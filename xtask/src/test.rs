@@ -95,6 +95,15 @@ pub const DEBIAN_TOOLS: &[DebianTool] = &[
         program: "pip3",
         package: "python3-pip",
     },
+    // The web app's browser test: headless Chromium driven over WebDriver.
+    DebianTool {
+        program: "chromium",
+        package: "chromium",
+    },
+    DebianTool {
+        program: "chromedriver",
+        package: "chromium-driver",
+    },
     DebianTool {
         program: "git",
         package: "git",

@@ -8,119 +8,21 @@
 //! The service binaries are the workspace's debug builds next to this test binary (built by
 //! `cargo test --workspace`, or here when missing), passed with `--bin-dir`.
 
+mod dev_support;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use dev_support::{
+    NGINX_PORT, POSTGRES_PORT, Stack, TOPOLOGY_PORTS, free_offset, port_is_free, scratch_state_dir,
+    service_binaries, text, xtask,
+};
 use serde_json::{Value, json};
 
-/// Ports of the default topology the stack uses (before the offset).
-const TOPOLOGY_PORTS: [u16; 6] = [5432, 3900, 8000, 8001, 8080, 8088];
-const NGINX_PORT: u16 = 8088;
 /// Deltas in a reply long enough that its streaming spans several reads (see the chat test).
 const LONG_REPLY: usize = 32;
-const POSTGRES_PORT: u16 = 5432;
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_owned()
-}
-
-/// `target/debug`, where this test binary's profile puts the service binaries.
-fn service_binaries() -> PathBuf {
-    let test_binary = std::env::current_exe().expect("test binary path");
-    let profile_dir = test_binary
-        .parent()
-        .and_then(Path::parent)
-        .expect("profile directory")
-        .to_owned();
-    let missing = ["gateway", "api", "inference"]
-        .iter()
-        .any(|name| !profile_dir.join(name).is_file());
-    if missing {
-        let status = Command::new(env!("CARGO"))
-            .args([
-                "build",
-                "--locked",
-                "-p",
-                "gateway",
-                "-p",
-                "api",
-                "-p",
-                "inference",
-            ])
-            .current_dir(workspace_root())
-            .status()
-            .expect("cargo build");
-        assert!(status.success(), "building the services");
-    }
-    profile_dir
-}
-
-fn port_is_free(port: u16) -> bool {
-    std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
-}
-
-/// An offset that puts every port of the stack on a free port (other stacks may run here).
-fn free_offset() -> u16 {
-    for _ in 0..200 {
-        let offset = 20000 + fastrand::u16(0..20000);
-        if TOPOLOGY_PORTS
-            .iter()
-            .all(|port| port_is_free(port + offset))
-        {
-            return offset;
-        }
-    }
-    panic!("no free set of ports found");
-}
-
-fn xtask(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(args)
-        .output()
-        .expect("run xtask")
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
-/// Stops the stack when the test ends, however it ends.
-struct Stack {
-    state_dir: PathBuf,
-}
-
-impl Stack {
-    fn down(&self) -> Output {
-        xtask(&[
-            "dev",
-            "down",
-            "--state-dir",
-            &self.state_dir.display().to_string(),
-        ])
-    }
-
-    fn state(&self) -> Value {
-        let path = self.state_dir.join("dev.json");
-        let text =
-            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        serde_json::from_str(&text).expect("dev.json is JSON")
-    }
-}
-
-impl Drop for Stack {
-    fn drop(&mut self) {
-        let _ = self.down();
-    }
-}
 
 fn post(
     client: &reqwest::blocking::Client,
@@ -214,19 +116,6 @@ fn psql(port: u16, query: &str) -> String {
     String::from_utf8_lossy(&output.stdout).trim().to_owned()
 }
 
-/// A temporary directory and the stack's state directory inside it. Run as root, PostgreSQL
-/// runs as the postgres account, which must be able to enter the directory.
-fn scratch_state_dir() -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    std::fs::set_permissions(
-        dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .expect("chmod the temp dir");
-    let state_dir = dir.path().join("dev");
-    (dir, state_dir)
-}
-
 #[test]
 fn the_stack_serves_a_streamed_chat_through_nginx_and_stops_cleanly() {
     if !testkit::postgres::require() {
@@ -247,25 +136,8 @@ fn the_stack_serves_a_streamed_chat_through_nginx_and_stops_cleanly() {
     let bin_dir = service_binaries();
     let (_dir, state_dir) = scratch_state_dir();
     let offset = free_offset();
-    let stack = Stack {
-        state_dir: state_dir.clone(),
-    };
     let started = Instant::now();
-    let up = xtask(&[
-        "dev",
-        "--detach",
-        "--state-dir",
-        &state_dir.display().to_string(),
-        "--port-offset",
-        &offset.to_string(),
-        "--bin-dir",
-        &bin_dir.display().to_string(),
-        // s3s-fs when installed (CI installs it), else the api's local directory.
-        "--storage",
-        "auto",
-    ]);
-    let up_text = text(&up);
-    assert!(up.status.success(), "dev --detach failed:\n{up_text}");
+    let (stack, up_text) = Stack::up_detached(&state_dir, offset, &bin_dir);
     assert!(up_text.contains("cold start"), "{up_text}");
     eprintln!(
         "stack up in {:.2} s (build excluded):\n{up_text}",

@@ -26,7 +26,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::build::cargo::target_dir;
 use crate::project;
-use crate::render::NGINX_PIECES;
+use crate::render::{NGINX_PIECES, WEB_APP};
 use crate::topology;
 use plan::{DevOptions, ModelChoice};
 use state::{Phase, StatePaths};
@@ -263,6 +263,7 @@ fn options(args: &UpArgs, paths: &StatePaths) -> Result<DevOptions> {
         nginx,
         s3_server,
         nginx_snippets: nginx_snippets(&project::root().join(NGINX_PIECES))?,
+        web_root: project::root().join(WEB_APP),
         jwt_secret: jwt_secret(paths)?,
     })
 }

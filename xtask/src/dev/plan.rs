@@ -34,6 +34,8 @@ pub struct DevOptions {
     pub s3_server: Option<PathBuf>,
     /// The hand-written nginx pieces (`nginx/*.conf`) the rendered config includes, by name.
     pub nginx_snippets: BTreeMap<String, String>,
+    /// The web app nginx serves at `/` (the workspace's `web/`, served in place).
+    pub web_root: PathBuf,
     /// HS256 secret shared by the api and the gateway; never printed.
     pub jwt_secret: String,
 }
@@ -385,7 +387,10 @@ pub fn plan(topology: &Topology, options: &DevOptions) -> Result<DevPlan> {
     let mut urls = Vec::new();
     if let Some(program) = &options.nginx {
         processes.push(nginx_process(topology, options, program, &ports));
-        urls.push(("site (nginx)".to_owned(), url(ports.nginx)));
+        urls.push((
+            "web app (nginx)".to_owned(),
+            format!("{}/", url(ports.nginx)),
+        ));
     }
     urls.push(("gateway".to_owned(), url(ports.gateway)));
     urls.push((
@@ -410,14 +415,16 @@ fn nginx_process(
     ports: &TopologyPorts,
 ) -> DevProcess {
     let prefix = options.state_dir.join("nginx");
-    let config = nginx::render_local_nginx(&topology.site, ports.nginx, &local(ports.gateway));
-    let mut prepare = vec![
-        Prepare::CreateDir(prefix.join("www")),
-        Prepare::WriteFile {
-            path: prefix.join("nginx.conf"),
-            text: config,
-        },
-    ];
+    let config = nginx::render_local_nginx(
+        &topology.site,
+        ports.nginx,
+        &local(ports.gateway),
+        &options.web_root,
+    );
+    let mut prepare = vec![Prepare::WriteFile {
+        path: prefix.join("nginx.conf"),
+        text: config,
+    }];
     for (name, text) in &options.nginx_snippets {
         prepare.push(Prepare::WriteFile {
             path: prefix.join("snippets").join(name),
@@ -499,6 +506,7 @@ mod tests {
             s3_server: None,
             nginx_snippets: BTreeMap::from([("proxy.conf".to_owned(), "# proxy\n".to_owned())]),
             jwt_secret: "not-a-real-secret-not-a-real-secret".into(),
+            web_root: PathBuf::from("/work/cairn/web"),
         }
     }
 
@@ -703,6 +711,15 @@ mod tests {
             .expect("nginx.conf is written");
         assert!(config.contains("listen 127.0.0.1:8188;"), "{config}");
         assert!(config.contains("server 127.0.0.1:8180;"), "{config}");
+        assert!(config.contains("root /work/cairn/web;"), "{config}");
+        assert!(
+            plan.urls.contains(&(
+                "web app (nginx)".to_owned(),
+                "http://127.0.0.1:8188/".to_owned()
+            )),
+            "{:?}",
+            plan.urls
+        );
         assert!(nginx.prepare.contains(&Prepare::WriteFile {
             path: PathBuf::from("/state/nginx/snippets/proxy.conf"),
             text: "# proxy\n".into(),

@@ -29,6 +29,8 @@ pub use images::{ImagePins, PinOrigin};
 pub const DEFAULT_OUT: &str = "deploy/rendered";
 /// The hand-written nginx pieces that the rendered config includes.
 pub const NGINX_PIECES: &str = "nginx";
+/// The web app nginx serves at `/`: plain HTML, CSS and JavaScript modules, no build step.
+pub const WEB_APP: &str = "web";
 
 #[derive(Debug, clap::Args)]
 pub struct RenderArgs {

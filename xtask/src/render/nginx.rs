@@ -1,9 +1,11 @@
 //! The nginx config of the edge server, in two variants: `Tls` (port 80 redirects to 443, modern
 //! TLS, what server A runs) and `Local` (plain HTTP on loopback for the local stack). Both share
-//! the same locations: the SPA at `/` with `try_files`, `/api/` to the gateway upstream with
+//! the same locations: the web app (`web/`) at `/` with `try_files` and revalidated caching
+//! (its files keep their names between versions), `/api/` to the gateway upstream with
 //! keepalive, `/api/files` uploads streamed to the gateway unbuffered, `/api/chat` and `/v1/` as
 //! unbuffered, uncached event streams with a long read timeout, no response spilled into a
-//! temporary file (nginx's `/tmp` is a tmpfs counted as its memory), WebSocket upgrade through a `map`, and the security headers included in every
+//! temporary file (nginx's `/tmp` is a tmpfs counted as its memory), WebSocket upgrade through a
+//! `map`, and the security headers included in every
 //! location (a location with its own `add_header` would otherwise drop the server's).
 //!
 //! The hand-written pieces (`nginx/*.conf`: TLS settings, security headers, proxy headers, the
@@ -11,6 +13,7 @@
 //! what depends on the topology. It never knows where the services run beyond the site.
 
 use std::fmt::Write;
+use std::path::Path;
 
 use super::compose::{NGINX_CERTS, NGINX_SPA_ROOT};
 use crate::topology::Site;
@@ -25,36 +28,44 @@ pub enum Variant {
 
 /// `upstream_port` is the port the site's upstream service listens on.
 pub fn render_nginx(site: &Site, upstream_port: u16, variant: Variant) -> String {
-    let local = LocalAddresses {
+    let local = LocalServer {
         listen_port: site.local_port,
         upstream: &site.local_upstream,
+        root: LOCAL_ROOT,
     };
     render_with(site, upstream_port, variant, &local)
 }
 
+/// The local variant's web root, relative to nginx's `-p` prefix.
+const LOCAL_ROOT: &str = "www";
+
 /// The `Local` variant listening on `listen_port` with the upstream at `upstream_address`
-/// (`host:port`) instead of the site's `local_port` and `local_upstream`: `cargo xtask dev`
-/// moves the whole stack with `--port-offset`.
-pub fn render_local_nginx(site: &Site, listen_port: u16, upstream_address: &str) -> String {
-    let local = LocalAddresses {
+/// (`host:port`) instead of the site's `local_port` and `local_upstream`, serving the files of
+/// `web_root`: `cargo xtask dev` moves the whole stack with `--port-offset` and serves the
+/// workspace's `web/` as it is edited.
+pub fn render_local_nginx(
+    site: &Site,
+    listen_port: u16,
+    upstream_address: &str,
+    web_root: &Path,
+) -> String {
+    let root = web_root.display().to_string();
+    let local = LocalServer {
         listen_port,
         upstream: upstream_address,
+        root: &root,
     };
     render_with(site, 0, Variant::Local, &local)
 }
 
-/// Where the local variant listens and finds its upstream.
-struct LocalAddresses<'a> {
+/// Where the local variant listens, finds its upstream and its files.
+struct LocalServer<'a> {
     listen_port: u16,
     upstream: &'a str,
+    root: &'a str,
 }
 
-fn render_with(
-    site: &Site,
-    upstream_port: u16,
-    variant: Variant,
-    local: &LocalAddresses,
-) -> String {
+fn render_with(site: &Site, upstream_port: u16, variant: Variant, local: &LocalServer) -> String {
     let mut text = String::new();
     text.push_str(&main_context(variant));
     text.push_str("\nhttp {\n");
@@ -65,7 +76,7 @@ fn render_with(
             text.push_str(&redirect_server(site));
             text.push_str(&tls_server(site));
         }
-        Variant::Local => text.push_str(&local_server(site, local.listen_port)),
+        Variant::Local => text.push_str(&local_server(site, local)),
     }
     text.push_str("}\n");
     text
@@ -116,7 +127,7 @@ fn http_settings(site: &Site, variant: Variant) -> String {
     gzip on;
     gzip_vary on;
     gzip_proxied any;
-    gzip_types text/plain text/css application/javascript application/json image/svg+xml;
+    gzip_types text/plain text/css application/javascript text/javascript application/json image/svg+xml;
 
     # WebSocket: upgrade when asked; otherwise an empty Connection header keeps upstream keepalive.
     map $http_upgrade $connection_upgrade {{
@@ -129,7 +140,7 @@ fn http_settings(site: &Site, variant: Variant) -> String {
     text
 }
 
-fn upstream(site: &Site, upstream_port: u16, variant: Variant, local: &LocalAddresses) -> String {
+fn upstream(site: &Site, upstream_port: u16, variant: Variant, local: &LocalServer) -> String {
     let address = match variant {
         Variant::Tls => format!("{}:{upstream_port}", site.upstream.get_ref()),
         Variant::Local => local.upstream.to_owned(),
@@ -183,16 +194,17 @@ fn tls_server(site: &Site) -> String {
     )
 }
 
-fn local_server(site: &Site, listen_port: u16) -> String {
+fn local_server(site: &Site, local: &LocalServer) -> String {
     format!(
         "
     server {{
         listen 127.0.0.1:{port};
         server_name localhost;
-        root www;
+        root {root};
 {locations}    }}
 ",
-        port = listen_port,
+        port = local.listen_port,
+        root = local.root,
         locations = locations(site),
     )
 }
@@ -201,9 +213,19 @@ fn locations(site: &Site) -> String {
     let upstream = site.upstream.get_ref();
     format!(
         "
+        # The web app: its files keep their names between versions, so the browser revalidates
+        # them (ETag, 304) instead of caching them for a fixed time.
         location / {{
             include snippets/security-headers.conf;
+            add_header Cache-Control \"no-cache\" always;
             try_files $uri $uri/ /index.html;
+        }}
+
+        # Its modules: a missing one is a 404, never the page in its place.
+        location /js/ {{
+            include snippets/security-headers.conf;
+            add_header Cache-Control \"no-cache\" always;
+            try_files $uri =404;
         }}
 
         location /assets/ {{

@@ -157,13 +157,19 @@ fn image_pins_come_from_the_built_map() {
 fn the_local_variant_moves_to_the_ports_it_is_given() {
     let topology = default_topology();
     let standard = nginx::render_nginx(&topology.site, 8080, nginx::Variant::Local);
-    let moved = nginx::render_local_nginx(&topology.site, 9088, "127.0.0.1:9080");
+    let moved = nginx::render_local_nginx(
+        &topology.site,
+        9088,
+        "127.0.0.1:9080",
+        Path::new("/work/cairn/web"),
+    );
     assert_ne!(moved, standard);
     assert_eq!(
         moved,
         standard
             .replace("listen 127.0.0.1:8088;", "listen 127.0.0.1:9088;")
             .replace("server 127.0.0.1:8080;", "server 127.0.0.1:9080;")
+            .replace("root www;", "root /work/cairn/web;")
     );
 }
 
@@ -178,9 +184,19 @@ fn the_local_variant_streams_without_tls() {
                 server_name localhost;
                 root www;
 
+                # The web app: its files keep their names between versions, so the browser revalidates
+                # them (ETag, 304) instead of caching them for a fixed time.
                 location / {
                     include snippets/security-headers.conf;
+                    add_header Cache-Control "no-cache" always;
                     try_files $uri $uri/ /index.html;
+                }
+
+                # Its modules: a missing one is a 404, never the page in its place.
+                location /js/ {
+                    include snippets/security-headers.conf;
+                    add_header Cache-Control "no-cache" always;
+                    try_files $uri =404;
                 }
 
                 location /assets/ {
@@ -255,7 +271,7 @@ fn no_location_loses_the_security_headers_and_streams_are_never_gzipped() {
     let with_headers = tls_server
         .matches("include snippets/security-headers.conf;")
         .count();
-    assert_eq!(locations, 6, "{conf}");
+    assert_eq!(locations, 7, "{conf}");
     assert_eq!(with_headers, locations, "{conf}");
     let gzip_types = conf
         .lines()
