@@ -427,6 +427,20 @@ mod tests {
     }
 
     #[test]
+    fn a_missing_tool_is_reported_with_its_nixpkgs_and_debian_packages() {
+        let registry = DEBIAN_TOOLS
+            .iter()
+            .find(|tool| tool.package == "docker-registry")
+            .expect("the registry entry");
+        let report = missing_report(&[registry]);
+        assert_eq!(
+            report,
+            "  docker-registry or registry (the distribution registry of the push and release \
+             tests): nixpkgs `distribution`, Debian `docker-registry`"
+        );
+    }
+
+    #[test]
     fn tally_sums_result_lines_and_ignores_the_rest() {
         let mut tally = TestTally::default();
         for line in [
