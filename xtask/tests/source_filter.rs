@@ -129,6 +129,26 @@ struct Embedded {
     path: PathBuf,
 }
 
+/// Where `name` (e.g. `include_str!(`) is invoked on `line`: not in a comment, not inside a
+/// string literal that merely names it (as this file's own scanner and messages do).
+fn invocation(line: &str, name: &str) -> Option<usize> {
+    if line.trim_start().starts_with("//") {
+        return None;
+    }
+    // Inside a literal when an odd number of unescaped quotes precede it on the line.
+    let in_string = |at: usize| {
+        line[..at]
+            .char_indices()
+            .filter(|&(i, c)| c == '"' && !line[..i].ends_with('\\'))
+            .count()
+            % 2
+            == 1
+    };
+    line.match_indices(name)
+        .map(|(at, _)| at)
+        .find(|&at| !in_string(at))
+}
+
 /// The string literal right after `macro!(` at the start of `text`, if any.
 fn first_literal(text: &str) -> Option<&str> {
     let rest = text.trim_start().strip_prefix('"')?;
@@ -154,7 +174,7 @@ fn embedded_paths(root: &Path, files: &[String]) -> Vec<Embedded> {
         for (number, line) in text.lines().enumerate() {
             let at = format!("{relative}:{}", number + 1);
             for include in ["include_str!(", "include_bytes!("] {
-                if let Some(start) = line.find(include)
+                if let Some(start) = invocation(line, include)
                     && let Some(literal) = first_literal(&line[start + include.len()..])
                 {
                     let path = file.parent().expect("file has a parent").join(literal);
@@ -164,7 +184,7 @@ fn embedded_paths(root: &Path, files: &[String]) -> Vec<Embedded> {
                     });
                 }
             }
-            if let Some(start) = line.find("migrate!(") {
+            if let Some(start) = invocation(line, "migrate!(") {
                 let literal =
                     first_literal(&line[start + "migrate!(".len()..]).unwrap_or("migrations");
                 found.push(Embedded {
