@@ -52,6 +52,7 @@
           packages = import ./nix/packages.nix {
             inherit pkgs nixpkgs toolchain;
             root = ./.;
+            sourceFilter = ./nix/source-filter.json;
           };
           images = import ./nix/images.nix {
             inherit pkgs packages provenance;

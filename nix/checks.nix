@@ -9,12 +9,11 @@
 let
   inherit (pkgs) lib;
   inherit (toolchain) craneLib;
-  inherit (packages) src cargoArtifacts;
+  inherit (packages) src cargoArtifacts version;
 
   common = toolchain.muslEnv // {
-    inherit src cargoArtifacts;
+    inherit src cargoArtifacts version;
     pname = "cairn";
-    version = "0";
     strictDeps = true;
   };
 in
@@ -26,7 +25,11 @@ in
     }
   );
 
-  fmt = craneLib.cargoFmt { inherit src; };
+  # pname and version given: without them crane derives placeholders and warns.
+  fmt = craneLib.cargoFmt {
+    inherit src version;
+    pname = "cairn";
+  };
 
   # The same tests `cargo xtask test` runs. The sandbox has no network, no Docker and no root,
   # so tests needing those (runc, docker load, registries reached through the engine) skip with

@@ -3,9 +3,11 @@
 # directories and the environment each service gets; must never hold a real secret (JWT_SECRET
 # is generated per run unless the caller exports one).
 #
-# Stack: PostgreSQL and SeaweedFS's S3 gateway (services-flake), a bucket for the api,
-# inference on a tiny random model (or MODEL_DIR), api, gateway, nginx in front serving the web
-# app (web/) at / and the api under /api/.
+# Stack: PostgreSQL (services-flake), Garage (the S3 server the deployment's servers run; a
+# process running `garage server` on a generated config, and a one-shot setup process for the
+# layout, the key and the bucket: services-flake has no Garage module), inference on a tiny
+# random model (or MODEL_DIR), api, gateway, nginx in front serving the web app (web/) at / and
+# the api under /api/.
 # Data lives in ./data under the directory `nix run .#dev` is started from.
 {
   pkgs,
@@ -27,16 +29,43 @@ let
     api = 8000;
     inference = 8001;
     postgres = 5432;
-    s3 = 8333;
-    seaweedMaster = 9333;
-    seaweedVolume = 8081; # its default, 8080, is the gateway's
-    seaweedFiler = 8888;
+    s3 = 3900; # Garage's S3 API
+    garageRpc = 3901;
+    garageAdmin = 3903;
   };
   local = port: "127.0.0.1:${toString port}";
   url = port: "http://${local port}";
 
   bucket = "cairn";
   servedModel = "tiny";
+
+  # Garage 2.x (the major version the servers run). Its S3 region must be the api's S3_REGION
+  # (SigV4 signs it). Paths are relative to the directory the stack runs in; the RPC secret comes
+  # from GARAGE_RPC_SECRET (generated per run below), never from this file in the store.
+  garage = pkgs.garage_2;
+  s3Region = "us-east-1";
+  garageConfig = pkgs.writeText "cairn-dev-garage.toml" ''
+    metadata_dir = "data/garage/meta"
+    data_dir = "data/garage/data"
+    db_engine = "sqlite"
+    replication_factor = 1
+    rpc_bind_addr = "${local ports.garageRpc}"
+    rpc_public_addr = "${local ports.garageRpc}"
+
+    [s3_api]
+    s3_region = "${s3Region}"
+    api_bind_addr = "${local ports.s3}"
+
+    [admin]
+    api_bind_addr = "${local ports.garageAdmin}"
+  '';
+  garageCli = "${lib.getExe garage} -c ${garageConfig}";
+  # The dev stack's S3 credentials: a fixed key for a server bound to loopback, imported by the
+  # setup process (Garage key IDs are GK + 24 hex digits, secrets 64 hex digits).
+  s3Key = {
+    id = "GK${lib.fixedWidthString 24 "0" "cafe"}";
+    secret = lib.fixedWidthString 64 "0" "cafe";
+  };
 
   httpProbe = port: path: {
     http_get = {
@@ -116,6 +145,11 @@ let
           JWT_SECRET="$(${pkgs.openssl}/bin/openssl rand -hex 32)"
           export JWT_SECRET
         fi
+        # Garage's nodes authenticate each other (and the CLI) with it; one node, one run.
+        if [ -z "''${GARAGE_RPC_SECRET:-}" ]; then
+          GARAGE_RPC_SECRET="$(${pkgs.openssl}/bin/openssl rand -hex 32)"
+          export GARAGE_RPC_SECRET
+        fi
       '';
     };
 
@@ -127,43 +161,49 @@ let
       initialDatabases = [ { name = "cairn"; } ];
     };
 
-    services.seaweedfs.s3 = {
-      enable = true;
-      master.port = ports.seaweedMaster;
-      volume.port = ports.seaweedVolume;
-      filer = {
-        enable = true;
-        port = ports.seaweedFiler;
-      };
-      s3 = {
-        enable = true;
-        port = ports.s3;
-      };
-    };
-
     settings.processes = {
-      s3-bucket = {
+      garage = {
         command = pkgs.writeShellApplication {
-          name = "cairn-dev-s3-bucket";
-          runtimeInputs = [
-            pkgs.seaweedfs
-            pkgs.gnugrep
-          ];
+          name = "cairn-dev-garage";
+          runtimeInputs = [ garage ];
           text = ''
-            weed_shell() {
-              echo "$1" | weed shell -master=${local ports.seaweedMaster} -filer=${local ports.seaweedFiler}
-            }
-            # Idempotent: the data directory outlives one run. (Output is captured before grep
-            # so that grep -q closing the pipe early cannot fail the pipeline under pipefail.)
-            buckets="$(weed_shell "s3.bucket.list")"
-            if ! grep -qw ${bucket} <<<"$buckets"; then
-              weed_shell "s3.bucket.create -name ${bucket}"
-              buckets="$(weed_shell "s3.bucket.list")"
-              grep -qw ${bucket} <<<"$buckets"
-            fi
+            mkdir -p data/garage/meta data/garage/data
+            exec ${garageCli} server
           '';
         };
-        depends_on = healthy [ "s3" ];
+        # `garage status` answers once the node runs (with or without a layout).
+        readiness_probe = {
+          exec.command = "${garageCli} status";
+          initial_delay_seconds = 1;
+          period_seconds = 2;
+          failure_threshold = 30;
+        };
+      };
+
+      # One shot, idempotent (the data directory outlives a run): the node's role in the layout,
+      # the api's key and its bucket.
+      garage-setup = {
+        command = pkgs.writeShellApplication {
+          name = "cairn-dev-garage-setup";
+          runtimeInputs = [
+            garage
+            pkgs.coreutils
+          ];
+          text = ''
+            garage() { ${garageCli} "$@"; }
+            if [ ! -e data/garage/layout-applied ]; then
+              node="$(garage node id -q | cut -d@ -f1)"
+              garage layout assign -z dev -c 1G "$node"
+              garage layout apply --version 1
+              touch data/garage/layout-applied
+            fi
+            garage key info cairn-dev >/dev/null 2>&1 \
+              || garage key import --yes -n cairn-dev ${s3Key.id} ${s3Key.secret}
+            garage bucket info ${bucket} >/dev/null 2>&1 || garage bucket create ${bucket}
+            garage bucket allow --read --write --owner ${bucket} --key cairn-dev
+          '';
+        };
+        depends_on = healthy [ "garage" ];
       };
 
       inference = {
@@ -199,10 +239,9 @@ let
           STORAGE_BACKEND = "s3";
           S3_ENDPOINT = url ports.s3;
           S3_BUCKET = bucket;
-          S3_REGION = "us-east-1";
-          # SeaweedFS runs without identities in the dev stack: any key is accepted.
-          AWS_ACCESS_KEY_ID = "cairn-dev";
-          AWS_SECRET_ACCESS_KEY = "cairn-dev";
+          S3_REGION = s3Region;
+          AWS_ACCESS_KEY_ID = s3Key.id;
+          AWS_SECRET_ACCESS_KEY = s3Key.secret;
         };
         depends_on =
           healthy [
@@ -210,7 +249,7 @@ let
             "inference"
           ]
           // {
-            s3-bucket.condition = "process_completed_successfully";
+            garage-setup.condition = "process_completed_successfully";
           };
         readiness_probe = httpProbe ports.api "/api/health/ready";
       };

@@ -5,39 +5,36 @@
 # - gateway, api, xtask: static musl binaries (no ELF closure to pack).
 # - inference: glibc (candle's CPU kernels and the CUDA build share one libc).
 # - inference-cuda: glibc + cudaPackages, CUDA_COMPUTE_CAP configurable through
-#   `inference-cuda-for { computeCap = "86"; }`; its RUNPATH names only the CUDA runtime libraries
-#   and the host driver directory, so the toolkit and the libcuda stub stay out of its closure.
+#   `inference-cuda-for { computeCap = "86"; }`; its RUNPATH names the toolchain's runtime
+#   libraries (glibc, gcc's libstdc++/libgcc_s), a directory of links to the CUDA runtime
+#   libraries (never a libcuda) and the host driver directory, so the toolkit stays out of its
+#   closure and the libcuda stub can never be loaded in place of the driver.
 {
   pkgs,
   nixpkgs,
   toolchain,
   root,
+  sourceFilter,
 }:
 let
   inherit (pkgs) lib;
   inherit (toolchain) craneLib muslTarget;
 
-  # Rust sources plus what the crates read at build time (SQL migrations, include_str! assets)
-  # and what xtask reads at run time (topology, nginx pieces, the flake itself for its tests).
+  # The files the builds see. The rule is data, nix/source-filter.json (Rust sources and
+  # manifests, what the crates read at build time such as SQL migrations and include_str! assets,
+  # and what xtask reads at run time), shared with xtask/tests/source_filter.rs, which runs
+  # `cargo check --workspace` on exactly the files it keeps.
+  rule = builtins.fromJSON (builtins.readFile sourceFilter);
   src = lib.fileset.toSource {
     inherit root;
-    fileset = lib.fileset.unions [
-      (craneLib.fileset.commonCargoSources root)
-      (lib.fileset.fileFilter (
-        file:
-        lib.any file.hasExt [
-          "sql"
-          "json"
-          "conf"
-          "nix"
-          "lock"
-          "html"
-          "txt"
-        ]
-      ) root)
-      (lib.fileset.maybeMissing (root + "/deploy"))
-      (lib.fileset.maybeMissing (root + "/nginx"))
-    ];
+    fileset = lib.fileset.unions (
+      [
+        (lib.fileset.fileFilter (
+          file: lib.any file.hasExt rule.extensions || lib.elem file.name rule.names
+        ) root)
+      ]
+      ++ map (dir: lib.fileset.maybeMissing (root + "/${dir}")) rule.directories
+    );
   };
 
   version = (builtins.fromTOML (builtins.readFile (root + "/xtask/Cargo.toml"))).package.version;
@@ -175,13 +172,39 @@ let
           doCheck = false;
         }
       );
-      runpath = lib.concatStringsSep ":" (
-        map (p: "${lib.getLib p}/lib") runtimeLibraries
-        ++ [
-          # NixOS puts the host driver (libcuda.so.1) here; elsewhere LD_LIBRARY_PATH names it.
-          "/run/opengl-driver/lib"
-        ]
-      );
+      # The CUDA runtime libraries the binary and the image use, as one directory of links:
+      # each library file of their lib directories (never lib/stubs, never a libcuda), relative
+      # links (libcublas.so.13 -> libcublas.so.13.x) kept as they are, files linked by absolute
+      # path. Whatever nixpkgs puts beside the runtime libraries (its cudart links the libcuda
+      # stub into a lib directory), the stub is then on no RUNPATH and in no image: a RUNPATH
+      # entry holding libcuda.so.1 would shadow the host driver.
+      cudaRuntime = pkgs.runCommand "cairn-cuda-runtime-${cuda.cudaMajorMinorVersion}" { } ''
+        mkdir -p "$out/lib"
+        for dir in ${lib.concatMapStringsSep " " (p: "${lib.getLib p}/lib") runtimeLibraries}; do
+          for entry in "$dir"/*.so*; do
+            name="$(basename "$entry")"
+            case "$name" in libcuda.so*) continue ;; esac
+            if [ -L "$entry" ] && [ "$(readlink "$entry")" = "$(basename "$(readlink "$entry")")" ]; then
+              cp -P "$entry" "$out/lib/$name"
+            elif [ -f "$entry" ]; then
+              ln -s "$(readlink -f "$entry")" "$out/lib/$name"
+            fi
+          done
+        done
+      '';
+      # The toolchain's runtime libraries: glibc, and gcc's lib output (libstdc++, libgcc_s;
+      # candle-kernels links stdc++). The link added their directories to the RUNPATH; the
+      # rewrite below replaces the whole RUNPATH, so they are named again here.
+      toolchainLibraries = [
+        (lib.getLib pkgs.stdenv.cc.libc)
+        (lib.getLib pkgs.stdenv.cc.cc)
+      ];
+      runpathDirs = map (p: "${p}/lib") toolchainLibraries ++ [
+        "${cudaRuntime}/lib"
+        # NixOS puts the host driver (libcuda.so.1) here; elsewhere LD_LIBRARY_PATH names it.
+        "/run/opengl-driver/lib"
+      ];
+      runpath = lib.concatStringsSep ":" runpathDirs;
     in
     buildBinary {
       name = "inference";
@@ -189,19 +212,43 @@ let
       extra = cudaEnv // {
         pname = "inference-cuda";
         cargoArtifacts = cudaArtifacts;
+        # The RUNPATH is rewritten whole (the link's names the toolkit and the libcuda stub),
+        # then checked: every DT_NEEDED but the host driver's libcuda resolves in a RUNPATH
+        # directory of the store, and no RUNPATH directory of the store holds a libcuda.
         postFixup = ''
-          patchelf --set-rpath ${runpath} "$out/bin/inference"
-          if patchelf --print-rpath "$out/bin/inference" | grep -q stubs; then
-            echo "inference-cuda: RUNPATH still names the libcuda stub" >&2
-            exit 1
-          fi
+          bin="$out/bin/inference"
+          patchelf --set-rpath ${runpath} "$bin"
+          store_dirs="${lib.concatStringsSep " " (lib.filter (lib.hasPrefix builtins.storeDir) runpathDirs)}"
+          for dir in $store_dirs; do
+            if ls "$dir"/libcuda.so* >/dev/null 2>&1; then
+              echo "inference-cuda: RUNPATH directory $dir holds a libcuda (it would shadow the host driver)" >&2
+              exit 1
+            fi
+          done
+          for needed in $(patchelf --print-needed "$bin"); do
+            case "$needed" in libcuda.so*) continue ;; esac
+            found=""
+            for dir in $store_dirs; do
+              if [ -e "$dir/$needed" ]; then found="$dir"; break; fi
+            done
+            if [ -z "$found" ]; then
+              echo "inference-cuda: $needed (DT_NEEDED) is in no RUNPATH directory: ${runpath}" >&2
+              exit 1
+            fi
+          done
         '';
         disallowedReferences = [
           toolkit
           cuda.cuda_nvcc
-        ];
+        ]
+        ++ lib.optional (cuda.cuda_cudart ? stubs) cuda.cuda_cudart.stubs;
         passthru = {
-          inherit runtimeLibraries computeCap toolkit;
+          inherit
+            runtimeLibraries
+            cudaRuntime
+            computeCap
+            toolkit
+            ;
           nvcc = cuda.cuda_nvcc;
         };
       };
@@ -237,5 +284,8 @@ in
     inference-cuda-for
     nginx-config
     ;
-  formatter = pkgs.nixfmt;
+  inherit version;
+  # `nix fmt`: treefmt configured for nixfmt, formatting every .nix file of the tree (plain
+  # `nixfmt` reads stdin when given no file since Nix 2.25).
+  formatter = pkgs.nixfmt-tree;
 }

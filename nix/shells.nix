@@ -9,19 +9,34 @@ let
   inherit (pkgs) lib;
   inherit (toolchain) craneLib;
 
-  # Everything `cargo xtask test` runs, so the suite passes inside the shell as it does in CI.
+  # Everything `cargo xtask test` runs, so the suite passes inside the shell as it does in CI:
+  # one nixpkgs package per entry of DEBIAN_TOOLS and CARGO_TOOLS in xtask/src/test.rs (its test
+  # `the_dev_shell_provides_every_system_tool` checks that each is named here). s3s-fs is not in
+  # nixpkgs: `cargo xtask test` installs it with cargo inside the shell. What needs a Docker
+  # engine or root (docker load/run, runc, mount namespaces) skips outside CI, saying why.
   testTools = [
     pkgs.cargo-nextest
-    pkgs.postgresql
     pkgs.nginx
+    pkgs.wrk
+    pkgs.nix # nix-instantiate, used with the dummy:// store only
+    pkgs.patchelf
+    pkgs.util-linux # unshare
+    pkgs.iproute2
+    (lib.getBin pkgs.openssl)
+    pkgs.docker-compose
+    pkgs.distribution # the registry (`registry serve CONFIG`)
     pkgs.skopeo
     pkgs.umoci
-    pkgs.runc
-    pkgs.distribution # the registry (`registry serve CONFIG`)
     pkgs.apacheHttpd # htpasswd
-    pkgs.wrk
+    pkgs.runc
+    pkgs.docker-client
+    pkgs.python3Packages.pip # pip3
+    pkgs.git
+    pkgs.chromium # the web app's browser test
+    pkgs.chromedriver
+    pkgs.postgresql # initdb, postgres, psql, pg_isready on PATH
     pkgs.hyperfine
-    pkgs.deadnix # nix-instantiate comes with the Nix that runs `nix develop`
+    pkgs.deadnix
   ];
 
   default = craneLib.devShell {

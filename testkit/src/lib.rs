@@ -126,16 +126,34 @@ pub fn find_program(program: &str) -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
+/// The distribution registry's program names: `docker-registry` in Debian's package,
+/// `registry` in nixpkgs' `distribution` (and upstream's releases). Both take `serve CONFIG`.
+pub const REGISTRY_PROGRAMS: &[&str] = &["docker-registry", "registry"];
+
+/// The first of `programs` that [`find_program`] finds: one tool that distributions install
+/// under different names.
+pub fn find_any_program(programs: &[&str]) -> Option<PathBuf> {
+    programs.iter().find_map(|program| find_program(program))
+}
+
 /// The path of a tool a test needs. Under CI a missing tool panics; elsewhere it prints why the
 /// test is skipped and returns `None`, and the test returns early. `install` is the command that
 /// provides it, e.g. `apt-get install skopeo`.
 #[must_use]
 pub fn require_tool(program: &str, install: &str) -> Option<PathBuf> {
-    match find_program(program) {
+    require_any_tool(&[program], install)
+}
+
+/// Like [`require_tool`] for a tool that goes by any of `programs` (e.g.
+/// [`REGISTRY_PROGRAMS`]); the first found is used.
+#[must_use]
+pub fn require_any_tool(programs: &[&str], install: &str) -> Option<PathBuf> {
+    let names = programs.join(" or ");
+    match find_any_program(programs) {
         Some(path) => Some(path),
-        None if in_ci() => panic!("{program} is required under CI=true but missing: {install}"),
+        None if in_ci() => panic!("{names} is required under CI=true but missing: {install}"),
         None => {
-            eprintln!("SKIPPED: {program} not found (install with: {install})");
+            eprintln!("SKIPPED: {names} not found (install with: {install})");
             None
         }
     }

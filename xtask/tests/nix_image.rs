@@ -6,6 +6,8 @@
 //! machine's own store is untouched). The layout must be one skopeo reads, and the binary must
 //! start from the image's root filesystem.
 
+mod image_support;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -17,7 +19,6 @@ const GLIBC: &str = "0c7c0ip9h0qs4bd8xmp8m2nxlbzyp4ra-glibc-cairn-test";
 const PACKAGE: &str = "1wh6m2mlpv2yd7k2aiz3jgbf5wxc0y6z-hello-cairn-test";
 const IMAGE: &str = "hello";
 const GREETING: &str = "hello-from-the-closure";
-const HOST_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -100,24 +101,40 @@ fn store_like_closure(dir: &Path, patchelf: &Path) -> (PathBuf, PathBuf) {
 }
 
 /// nix/image-command.json's arguments with the placeholders filled in, as nix/images.nix does.
-fn assembler_arguments(values: &BTreeMap<&str, PathBuf>, with_cuda: bool) -> Vec<String> {
+/// `files` are `HOST_PATH:/IMAGE/PATH` values: `fileArgv` is repeated once for each.
+fn assembler_arguments(
+    values: &BTreeMap<&str, PathBuf>,
+    with_cuda: bool,
+    files: &[String],
+) -> Vec<String> {
     let path = root().join("nix/image-command.json");
     let text = std::fs::read_to_string(&path).expect("read nix/image-command.json");
     let command: Value = serde_json::from_str(&text).expect("nix/image-command.json is JSON");
-    let mut args: Vec<&Value> = command["argv"].as_array().expect("argv").iter().collect();
+    let fill = |list: &str, values: &BTreeMap<&str, PathBuf>| -> Vec<String> {
+        command[list]
+            .as_array()
+            .unwrap_or_else(|| panic!("{list} in nix/image-command.json"))
+            .iter()
+            .map(|arg| {
+                let mut arg = arg.as_str().expect("arguments are strings").to_owned();
+                for (name, value) in values {
+                    arg = arg.replace(&format!("@{name}@"), &value.to_string_lossy());
+                }
+                assert!(!arg.contains('@'), "unfilled placeholder in `{arg}`");
+                arg
+            })
+            .collect()
+    };
+    let mut args = fill("argv", values);
     if with_cuda {
-        args.extend(command["cudaArgv"].as_array().expect("cudaArgv"));
+        args.extend(fill("cudaArgv", values));
     }
-    args.into_iter()
-        .map(|arg| {
-            let mut arg = arg.as_str().expect("arguments are strings").to_owned();
-            for (name, value) in values {
-                arg = arg.replace(&format!("@{name}@"), &value.to_string_lossy());
-            }
-            assert!(!arg.contains('@'), "unfilled placeholder in `{arg}`");
-            arg
-        })
-        .collect()
+    for file in files {
+        let mut values = values.clone();
+        values.insert("file", PathBuf::from(file));
+        args.extend(fill("fileArgv", &values));
+    }
+    args
 }
 
 #[test]
@@ -140,17 +157,22 @@ fn the_flakes_assembler_command_turns_a_store_closure_into_an_image_skopeo_reads
         ("name", PathBuf::from(IMAGE)),
         ("binary", binary),
         ("out", layout.clone()),
-        ("caBundle", PathBuf::from(HOST_CA_BUNDLE)),
+        ("caBundle", image_support::test_ca_bundle()),
         ("cache", dir.join("cache")),
         ("cuda", dir.join("no-cuda")),
     ]);
+    // A data file of the closure, placed by fileArgv as the new images' configs are.
+    let config = store.join(PACKAGE).join("share/hello.conf");
+    std::fs::create_dir_all(config.parent().expect("share/")).expect("create share/");
+    std::fs::write(&config, "greeting = hello\n").expect("write hello.conf");
+    let extra_file = format!("{STORE}/{PACKAGE}/share/hello.conf:/etc/hello.conf");
     run(Command::new("unshare")
         .args(["--mount", "--propagation", "private", "sh", "-c"])
         .arg(r#"mount --bind "$1" /nix/store && shift && exec "$@""#)
         .arg("sh")
         .arg(&store)
         .arg(env!("CARGO_BIN_EXE_xtask"))
-        .args(assembler_arguments(&values, false))
+        .args(assembler_arguments(&values, false, &[extra_file]))
         .env("SOURCE_DATE_EPOCH", "1")
         .env("CAIRN_REVISION", "test")
         .env("CAIRN_VERSION", "0.0.0"));
@@ -190,6 +212,11 @@ fn the_flakes_assembler_command_turns_a_store_closure_into_an_image_skopeo_reads
     assert!(
         leaked.is_empty(),
         "host library directories in an image of a store closure: {leaked:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("etc/hello.conf")).expect("/etc/hello.conf"),
+        "greeting = hello\n",
+        "fileArgv placed the extra file"
     );
     let output = run(Command::new("chroot")
         .arg(&rootfs)

@@ -31,7 +31,12 @@ struct Timings {
 }
 
 pub fn run(args: &PushBenchArgs) -> Result<()> {
-    for tool in ["docker-registry", "skopeo", "umoci"] {
+    ensure!(
+        testkit::find_any_program(testkit::REGISTRY_PROGRAMS).is_some(),
+        "bench push needs the distribution registry on PATH ({})",
+        testkit::REGISTRY_PROGRAMS.join(" or ")
+    );
+    for tool in ["skopeo", "umoci"] {
         ensure!(
             testkit::find_program(tool).is_some(),
             "bench push needs {tool} on PATH"
@@ -166,9 +171,11 @@ fn start_registry(work: &Path) -> Result<(testkit::ProcessGuard, String)> {
         ),
     )
     .with_context(|| format!("writing {}", config.display()))?;
+    let program = testkit::find_any_program(testkit::REGISTRY_PROGRAMS)
+        .context("the distribution registry is not on PATH")?;
     let guard = testkit::ProcessGuard::spawn(
         "docker-registry",
-        Command::new("docker-registry")
+        Command::new(program)
             .arg("serve")
             .arg(&config)
             .stdout(Stdio::null())

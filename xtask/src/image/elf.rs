@@ -141,6 +141,33 @@ fn read_dynamic(path: &Path) -> Result<Dynamic> {
     })
 }
 
+/// The Rust compiler that built `binary`, as `rustc -V` prints it (`rustc 1.95.0 (59807616e
+/// 2026-04-14)`), read from the `rustc version …` entry rustc writes into the `.comment`
+/// section (stripping keeps it). None for a binary no rustc linked.
+pub fn rustc_version(binary: &Path) -> Result<Option<String>> {
+    let bytes = std::fs::read(binary).with_context(|| format!("reading {}", binary.display()))?;
+    let elf =
+        Elf::parse(&bytes).with_context(|| format!("{} is not an ELF file", binary.display()))?;
+    let comment = elf
+        .section_headers
+        .iter()
+        .find(|header| elf.shdr_strtab.get_at(header.sh_name) == Some(".comment"));
+    let Some(range) = comment.and_then(|header| header.file_range()) else {
+        return Ok(None);
+    };
+    let section = bytes.get(range).with_context(|| {
+        format!(
+            "{}: the .comment section lies outside the file",
+            binary.display()
+        )
+    })?;
+    Ok(section
+        .split(|byte| *byte == 0)
+        .filter_map(|entry| std::str::from_utf8(entry).ok())
+        .find_map(|entry| entry.strip_prefix("rustc version "))
+        .map(|version| format!("rustc {version}")))
+}
+
 fn locate(soname: &str, extra_dirs: &[PathBuf], runpath: &[PathBuf]) -> Result<PathBuf> {
     if soname.contains('/') {
         return Ok(PathBuf::from(soname));
@@ -164,6 +191,32 @@ fn locate(soname: &str, extra_dirs: &[PathBuf], runpath: &[PathBuf]) -> Result<P
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rust_binary_names_the_rustc_that_built_it() {
+        let test_binary = std::env::current_exe().expect("the test binary");
+        let version = rustc_version(&test_binary)
+            .expect("an ELF file")
+            .expect("a .comment entry from rustc");
+        // The compiler cargo used for this test binary: the one rustup (rust-toolchain.toml) or
+        // RUSTC picks in the workspace.
+        let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+        let output = std::process::Command::new(rustc)
+            .arg("-V")
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .expect("rustc -V");
+        assert_eq!(version, String::from_utf8_lossy(&output.stdout).trim());
+    }
+
+    #[test]
+    fn a_file_without_a_rustc_comment_has_no_version() {
+        // /bin/sh is linked by a C toolchain: a .comment without `rustc version`, or none.
+        assert_eq!(
+            rustc_version(Path::new("/bin/sh")).expect("an ELF file"),
+            None
+        );
+    }
 
     #[test]
     fn a_dynamic_binary_needs_libc_and_its_interpreter() {

@@ -8,7 +8,7 @@ use serde::Serialize;
 pub struct Release {
     /// `git rev-parse HEAD` of the source, or CAIRN_REVISION.
     pub revision: String,
-    /// `rustc -V` of the toolchain that built the binaries.
+    /// The rustc that built the binaries, as `rustc -V` prints it, read from the binaries.
     pub toolchain: String,
     pub source_date_epoch: u64,
     /// The topology the bundle was rendered from.

@@ -17,7 +17,6 @@ pub mod sbom;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
@@ -67,6 +66,13 @@ pub struct ReleaseArgs {
     /// How the binaries are built (default: nix when it works here, else cargo).
     #[arg(long, value_enum)]
     backend: Option<Backend>,
+    /// The CA bundle the images carry at /etc/ssl/certs/ca-certificates.crt.
+    #[arg(
+        long,
+        value_name = "PEM",
+        default_value = "/etc/ssl/certs/ca-certificates.crt"
+    )]
+    ca_bundle: PathBuf,
 }
 
 pub fn run(args: &ReleaseArgs) -> Result<()> {
@@ -137,7 +143,7 @@ pub fn run(args: &ReleaseArgs) -> Result<()> {
     }
     let release = Release {
         revision: provenance::revision(&root),
-        toolchain: toolchain()?,
+        toolchain: toolchain(&plan.images)?,
         source_date_epoch: plan.epoch,
         topology: source,
         registry: args.registry.clone(),
@@ -204,7 +210,7 @@ fn image_args(root: &Path, names: &[String], layout: &Path, args: &ReleaseArgs) 
         cuda_groups: ["cudart", "cublas", "curand", "nvrtc"]
             .map(str::to_owned)
             .to_vec(),
-        ca_bundle: PathBuf::from("/etc/ssl/certs/ca-certificates.crt"),
+        ca_bundle: args.ca_bundle.clone(),
         // One cache for every release, outside the bundle: an unchanged release packs nothing.
         cache_dir: Some(root.join("target").join("oci-cache")),
         backend: args.backend,
@@ -331,12 +337,21 @@ fn write_sbom(
     Ok(relative)
 }
 
-fn toolchain() -> Result<String> {
-    let output = Command::new("rustc")
-        .arg("-V")
-        .output()
-        .context("running rustc -V")?;
-    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+/// The Rust toolchain that built the images' binaries, as `rustc -V` prints it, read from the
+/// binaries themselves (rustc's `.comment` entry): whichever backend, `RUSTC` or
+/// rust-toolchain.toml chose the compiler, this is the one that ran. Binaries of another
+/// compiler (none yet) are left out; several Rust versions are all named.
+fn toolchain(images: &[image::plan::ImageSpec]) -> Result<String> {
+    let mut versions = std::collections::BTreeSet::new();
+    for spec in images {
+        if let Some(version) = elf::rustc_version(&spec.binary)? {
+            versions.insert(version);
+        }
+    }
+    if versions.is_empty() {
+        bail!("no binary of the release names the rustc that built it (.comment section)");
+    }
+    Ok(versions.into_iter().collect::<Vec<_>>().join(", "))
 }
 
 /// Moves the staged bundle to `out`, replacing an older bundle there.

@@ -7,6 +7,40 @@ use std::process::{Command, Output};
 
 pub const FIXTURE_SOURCE: &str = include_str!("fixture.rs");
 
+/// The CA bundle the tests' images carry: one self-signed certificate made for these tests (its
+/// key was discarded), so that no test reads the host's /etc/ssl, which a Nix build sandbox
+/// lacks. Fixed bytes, so that images built from it are reproducible.
+const TEST_CA_BUNDLE: &str = "\
+-----BEGIN CERTIFICATE-----\n\
+MIIBzDCCAXOgAwIBAgIUbfYMzbX9pdTaaaJRaX0LVDpj7u4wCgYIKoZIzj0EAwIw\n\
+OzE5MDcGA1UEAwwwY2Fpcm4gdGVzdCBDQSBidW5kbGUgKHRlc3RzIG9ubHksIGtl\n\
+eSBkaXNjYXJkZWQpMCAXDTI2MTIwNDIzMjMwNVoYDzIxMjYxMTEwMjMyMzA1WjA7\n\
+MTkwNwYDVQQDDDBjYWlybiB0ZXN0IENBIGJ1bmRsZSAodGVzdHMgb25seSwga2V5\n\
+IGRpc2NhcmRlZCkwWTATBgcqhkjOPQIBBggqhkjOPQMBBwNCAAR+ghDUPE8e7G86\n\
+IasYmWETrnOuY7BjfYJc1hTMrClSmfW+OSSFz8WbFzljCy/Es2kyTdE56tl3446Z\n\
+m3cep9aro1MwUTAdBgNVHQ4EFgQUUY8DRqiUHLcgJkbZCsS+s6M/Y2gwHwYDVR0j\n\
+BBgwFoAUUY8DRqiUHLcgJkbZCsS+s6M/Y2gwDwYDVR0TAQH/BAUwAwEB/zAKBggq\n\
+hkjOPQQDAgNHADBEAiBE5qTfdEfvJS2218Mqo+lbm/E7S9xSlcLvV/ZL3rReXwIg\n\
+Z4zs7CPO99Ec6QMjsAY1YKLvs29ZkwmAUCD2f3Px1q0=\n\
+-----END CERTIFICATE-----\n\
+";
+
+/// The test CA bundle as a file (written once per test binary, through temp + rename, since
+/// tests run in parallel).
+pub fn test_ca_bundle() -> PathBuf {
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("test-ca-bundle.pem");
+    if std::fs::read(&path).ok().as_deref() != Some(TEST_CA_BUNDLE.as_bytes()) {
+        let temp = path.with_extension(format!(
+            "pem.{}.{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::write(&temp, TEST_CA_BUNDLE).expect("write the test CA bundle");
+        std::fs::rename(&temp, &path).expect("rename the test CA bundle into place");
+    }
+    path
+}
+
 /// Runs `xtask ARGS` with `envs`; panics with its output when it fails.
 pub fn xtask(args: &[&str], envs: &[(&str, &Path)]) -> Output {
     let output = xtask_unchecked(args, envs);
@@ -19,9 +53,13 @@ pub fn xtask(args: &[&str], envs: &[(&str, &Path)]) -> Output {
     output
 }
 
+/// Runs `xtask ARGS` with `envs`. `xtask image` gets the test CA bundle unless ARGS name one.
 pub fn xtask_unchecked(args: &[&str], envs: &[(&str, &Path)]) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_xtask"));
     command.args(args).env("SOURCE_DATE_EPOCH", "1700000000");
+    if args.first() == Some(&"image") && !args.contains(&"--ca-bundle") {
+        command.arg("--ca-bundle").arg(test_ca_bundle());
+    }
     for (key, value) in envs {
         command.env(key, value);
     }

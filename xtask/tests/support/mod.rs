@@ -1,4 +1,5 @@
-//! What the push tests share: a real distribution registry (Debian `docker-registry`)
+//! What the push tests share: a real distribution registry (Debian's `docker-registry`, nixpkgs'
+//! `registry`)
 //! configured by the test, an OCI layout built with umoci from random files, the push
 //! command itself, and checks with skopeo.
 
@@ -17,14 +18,18 @@ pub const MIB: u64 = 1 << 20;
 
 /// The tools these tests run; None (skip) outside CI when one is missing.
 pub fn tools_present() -> bool {
-    [
-        ("docker-registry", "apt-get install docker-registry"),
-        ("umoci", "apt-get install umoci"),
-        ("skopeo", "apt-get install skopeo"),
-        ("htpasswd", "apt-get install apache2-utils"),
-    ]
-    .iter()
-    .all(|(program, install)| testkit::require_tool(program, install).is_some())
+    let registry = testkit::require_any_tool(
+        testkit::REGISTRY_PROGRAMS,
+        "apt-get install docker-registry, or nix develop",
+    );
+    registry.is_some()
+        && [
+            ("umoci", "apt-get install umoci"),
+            ("skopeo", "apt-get install skopeo"),
+            ("htpasswd", "apt-get install apache2-utils"),
+        ]
+        .iter()
+        .all(|(program, install)| testkit::require_tool(program, install).is_some())
 }
 
 /// How the registry authenticates.
@@ -105,9 +110,11 @@ impl Registry {
         let config_path = dir.join("registry.yml");
         std::fs::write(&config_path, config).expect("write registry config");
         let log = std::fs::File::create(dir.join("registry.log")).expect("registry log");
+        let program =
+            testkit::find_any_program(testkit::REGISTRY_PROGRAMS).expect("the registry program");
         let mut process = ProcessGuard::spawn(
             "docker-registry",
-            Command::new("docker-registry")
+            Command::new(program)
                 .arg("serve")
                 .arg(&config_path)
                 .stdout(Stdio::null())
