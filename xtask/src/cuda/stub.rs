@@ -34,7 +34,15 @@ impl Cudarc {
 pub fn locate(root: &Path) -> Result<Cudarc> {
     let output = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .current_dir(root)
-        .args(["metadata", "--format-version", "1", "--locked"])
+        // Optional dependencies are in the resolve only with the feature that enables them.
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--locked",
+            "--features",
+            "inference/cuda",
+        ])
         .output()
         .context("running cargo metadata")?;
     if !output.status.success() {
