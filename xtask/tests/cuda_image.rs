@@ -133,10 +133,10 @@ fn unresolved(rootfs: &Path, binary: &Path, ld_library_path: &str) -> (Vec<Strin
     while let Some(file) = queue.pop() {
         let bytes = std::fs::read(&file).expect("read ELF");
         let elf = goblin::elf::Elf::parse(&bytes).expect("parse ELF");
-        if let Some(interpreter) = elf.interpreter {
-            if resolve(rootfs, &["/".into()], interpreter.trim_start_matches('/')).is_none() {
-                missing.push(interpreter.to_owned());
-            }
+        if let Some(interpreter) = elf.interpreter
+            && resolve(rootfs, &["/".into()], interpreter.trim_start_matches('/')).is_none()
+        {
+            missing.push(interpreter.to_owned());
         }
         let mut dirs: Vec<String> = elf.runpaths.iter().map(|p| (*p).to_owned()).collect();
         dirs.extend(ld_library_path.split(':').map(str::to_owned));
