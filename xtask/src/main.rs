@@ -3,6 +3,7 @@
 
 mod bench;
 mod build;
+mod cuda;
 mod dev;
 mod image;
 mod project;
@@ -26,6 +27,8 @@ struct Cli {
 enum Command {
     /// Build release binaries of services (reproducibly: paths remapped, SOURCE_DATE_EPOCH fixed).
     Build(build::BuildArgs),
+    /// The pinned CUDA toolchain (`cuda install`, `cuda env`): nvcc and libraries from PyPI wheels.
+    Cuda(cuda::CudaArgs),
     /// Write the OCI images into one layout (target/oci), optionally a docker-archive too.
     Image(Box<image::command::ImageArgs>),
     /// Push the images of an OCI layout to a registry (same digests as built).
@@ -46,6 +49,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Build(args) => build::run(&args),
+        Command::Cuda(args) => cuda::run(&args),
         Command::Image(args) => image::command::run(&args),
         Command::Push(args) => push::run(&args),
         Command::Render(args) => render::run(&args),

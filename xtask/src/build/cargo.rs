@@ -46,7 +46,13 @@ pub fn build(requests: &[BuildRequest]) -> Result<Vec<BuiltBinary>> {
         } else {
             base_target.join(format!("features-{}", features.join("-")))
         };
-        run_cargo(&root, &target, &features, &group)?;
+        // A `cuda` build compiles candle's kernels with nvcc and links the CUDA libraries.
+        let environment = if features.iter().any(|f| f == "cuda") {
+            crate::cuda::cargo_environment()?
+        } else {
+            Vec::new()
+        };
+        run_cargo(&root, &target, &features, &group, &environment)?;
         for request in group {
             let path = target.join("release").join(&request.bin);
             let version = versions
@@ -104,6 +110,7 @@ fn run_cargo(
     target: &Path,
     features: &[String],
     group: &[&BuildRequest],
+    environment: &[(String, std::ffi::OsString)],
 ) -> Result<()> {
     let epoch = provenance::source_date_epoch()?;
     let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
@@ -117,7 +124,8 @@ fn run_cargo(
             "CARGO_ENCODED_RUSTFLAGS",
             remap_flags(root, &cargo_home(), target).join("\x1f"),
         )
-        .env_remove("RUSTFLAGS");
+        .env_remove("RUSTFLAGS")
+        .envs(environment.iter().map(|(k, v)| (k, v)));
     for request in group {
         command.args(["-p", &request.package, "--bin", &request.bin]);
     }

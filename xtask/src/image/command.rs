@@ -91,7 +91,8 @@ pub struct ImageArgs {
     /// Treat IMAGE (a `--binary` image outside the catalog) as a GPU image with CUDA layers.
     #[arg(long = "gpu", value_name = "IMAGE")]
     pub gpu_images: Vec<String>,
-    /// Directory holding the CUDA runtime libraries for GPU images.
+    /// Directory holding the CUDA runtime libraries for GPU images (a user's own CUDA); default:
+    /// the pinned toolkit's `lib64` (`cargo xtask cuda install`).
     #[arg(long, env = "CAIRN_CUDA_DIR")]
     pub cuda_dir: Option<PathBuf>,
     /// CUDA library groups GPU images pack, one layer each.
@@ -282,11 +283,12 @@ fn spec(
     let cuda = match gpu {
         false => None,
         true => {
-            let dir = args.cuda_dir.clone().with_context(|| {
-                format!(
-                    "image {name} needs --cuda-dir (or CAIRN_CUDA_DIR) naming the CUDA libraries"
-                )
-            })?;
+            let dir = match args.cuda_dir.clone() {
+                Some(dir) => dir,
+                None => crate::cuda::toolkit()
+                    .with_context(|| format!("image {name} needs the pinned CUDA libraries"))?
+                    .library_dir(),
+            };
             let groups = args
                 .cuda_groups
                 .iter()

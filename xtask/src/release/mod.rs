@@ -18,7 +18,7 @@ pub mod sbom;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 
 use crate::build::{Backend, provenance};
 use crate::image::command::{CATALOG, ImageArgs, OutputFormat, plan_from_args};
@@ -60,7 +60,8 @@ pub struct ReleaseArgs {
     /// Extra CA certificates (PEM) to trust for the registry.
     #[arg(long, value_name = "PEM")]
     ca_file: Option<PathBuf>,
-    /// Directory holding the CUDA runtime libraries, needed when the topology uses inference-cuda.
+    /// Directory holding a user's own CUDA runtime libraries for inference-cuda; default: the
+    /// pinned toolkit of deploy/cuda.lock, whose wheels the SBOM then lists.
     #[arg(long, env = "CAIRN_CUDA_DIR")]
     cuda_dir: Option<PathBuf>,
     /// How the binaries are built (default: nix when it works here, else cargo).
@@ -79,7 +80,7 @@ pub fn run(args: &ReleaseArgs) -> Result<()> {
     let root = project::root();
     let topology_path = root.join(&args.topology);
     let topology = topology::load(&topology_path)?;
-    let names = built_images(&topology, &topology_path, args.cuda_dir.is_some())?;
+    let names = built_images(&topology, &topology_path)?;
     let out = root.join(&args.out);
     let parent = out
         .parent()
@@ -128,7 +129,12 @@ pub fn run(args: &ReleaseArgs) -> Result<()> {
 
     let mut images = Vec::new();
     for (spec, result) in plan.images.iter().zip(&report.images) {
-        let sbom = write_sbom(&root, bundle, spec, result)?;
+        // The pinned wheels are what a GPU image's CUDA layers hold (unless --cuda-dir).
+        let wheels = match (&spec.cuda, &args.cuda_dir) {
+            (Some(_), None) => crate::cuda::lock(&root)?.wheels,
+            _ => Vec::new(),
+        };
+        let sbom = write_sbom(&root, bundle, spec, result, &wheels)?;
         images.push(ReleasedImage {
             name: result.name.clone(),
             digest: result.digest.clone(),
@@ -161,9 +167,9 @@ pub fn run(args: &ReleaseArgs) -> Result<()> {
     Ok(())
 }
 
-/// The cairn images `topology` builds, checked to be buildable here: a GPU image needs the CUDA
-/// libraries (`--cuda-dir`), so without them the error says so and names the topology.
-fn built_images(topology: &Topology, path: &Path, have_cuda: bool) -> Result<Vec<String>> {
+/// The cairn images `topology` builds, each checked to be one of cairn's images. A GPU image
+/// builds anywhere: the pinned CUDA toolkit needs no GPU and no host CUDA.
+fn built_images(topology: &Topology, path: &Path) -> Result<Vec<String>> {
     let mut names: Vec<String> = topology
         .images
         .values()
@@ -175,7 +181,7 @@ fn built_images(topology: &Topology, path: &Path, have_cuda: bool) -> Result<Vec
     names.sort();
     names.dedup();
     for name in &names {
-        let entry = CATALOG
+        CATALOG
             .iter()
             .find(|i| i.name == name.as_str())
             .with_context(|| {
@@ -184,13 +190,6 @@ fn built_images(topology: &Topology, path: &Path, have_cuda: bool) -> Result<Vec
                     path.display()
                 )
             })?;
-        if entry.gpu && !have_cuda {
-            bail!(
-                "{}: image {name:?} needs the CUDA libraries (and nvcc to build): pass --cuda-dir \
-                 (or CAIRN_CUDA_DIR), or release a topology without it (--topology)",
-                path.display()
-            );
-        }
     }
     Ok(names)
 }
@@ -312,6 +311,7 @@ fn write_sbom(
     bundle: &Path,
     spec: &image::plan::ImageSpec,
     result: &image::ImageResult,
+    wheels: &[crate::cuda::lock::PinnedWheel],
 ) -> Result<String> {
     let entry = CATALOG
         .iter()
@@ -328,7 +328,8 @@ fn write_sbom(
             image_path: library.image_path,
         })
         .collect();
-    let document = sbom::document(&spec.name, &result.digest, &crates, &libraries);
+    let mut document = sbom::document(&spec.name, &result.digest, &crates, &libraries);
+    sbom::add_wheels(&mut document, wheels);
     let relative = format!("sbom/{}.cdx.json", spec.name);
     let path = bundle.join(&relative);
     std::fs::create_dir_all(bundle.join("sbom")).context("creating sbom/")?;

@@ -198,6 +198,23 @@ fn library_component(library: &Library) -> Value {
     component
 }
 
+/// Adds the PyPI wheels a GPU image's CUDA layers come from, with their SHA-256.
+pub fn add_wheels(document: &mut Value, wheels: &[crate::cuda::lock::PinnedWheel]) {
+    let Some(components) = document["components"].as_array_mut() else {
+        return;
+    };
+    components.extend(wheels.iter().map(|wheel| {
+        json!({
+            "type": "library",
+            "name": wheel.name,
+            "version": wheel.version,
+            "bom-ref": format!("wheel:{}@{}", wheel.name, wheel.version),
+            "purl": format!("pkg:pypi/{}@{}", wheel.name, wheel.version),
+            "hashes": [{"alg": "SHA-256", "content": wheel.sha256}],
+        })
+    }));
+}
+
 /// A deterministic UUID-shaped serial from the image digest, so an unchanged image gets an
 /// unchanged SBOM.
 fn uuid_from(digest: &str) -> String {
