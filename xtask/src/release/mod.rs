@@ -18,7 +18,7 @@ pub mod sbom;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 
 use crate::build::{Backend, provenance};
 use crate::image::command::{CATALOG, ImageArgs, OutputFormat, plan_from_args};
