@@ -143,6 +143,19 @@ impl Node {
         stdout
     }
 
+    /// Whether `garage -c CONFIG ARGS…` exits 0 (for `health`, the container health check).
+    fn cli_succeeds(&self, args: &[&str]) -> bool {
+        Command::new(&self.binary)
+            .arg("-c")
+            .arg(&self.config)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("run garage")
+            .success()
+    }
+
     /// The status of the admin API's unauthenticated `GET /health`.
     fn health(&self) -> u16 {
         reqwest::blocking::get(format!("http://127.0.0.1:{}/health", self.admin_port))
@@ -222,12 +235,20 @@ fn first_start_setup_with_the_cli_then_s3_put_and_get() {
         "a fresh node has no role: {status}"
     );
     assert_eq!(node.health(), 503, "no layout: Garage cannot serve yet");
+    assert!(
+        !node.cli_succeeds(&["health", "-q"]),
+        "`garage health` fails while no layout is applied"
+    );
 
     let node_id = node.cli(&["node", "id", "-q"]);
     let node_id = node_id.trim().split('@').next().expect("node id");
     node.cli(&["layout", "assign", "-z", "dc1", "-c", "1G", node_id]);
     node.cli(&["layout", "apply", "--version", "1"]);
     node.wait_healthy();
+    assert!(
+        node.cli_succeeds(&["health", "-q"]),
+        "healthy once laid out"
+    );
 
     node.cli(&[
         "key",
