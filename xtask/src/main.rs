@@ -6,6 +6,7 @@ mod build;
 mod cuda;
 mod dev;
 mod image;
+mod pin;
 mod project;
 mod push;
 mod registry;
@@ -33,6 +34,8 @@ enum Command {
     Image(Box<image::command::ImageArgs>),
     /// Push the images of an OCI layout to a registry (same digests as built).
     Push(push::PushArgs),
+    /// Pin the topology's upstream images to the digests their tags name (`--check`: fail when one moved).
+    Pin(pin::PinArgs),
     /// Render nginx, compose and .env examples for every server from the topology.
     Render(render::RenderArgs),
     /// Build, pack, push (with --registry), render with the digests, and bundle a release.
@@ -52,6 +55,7 @@ fn main() -> anyhow::Result<()> {
         Command::Cuda(args) => cuda::run(&args),
         Command::Image(args) => image::command::run(&args),
         Command::Push(args) => push::run(&args),
+        Command::Pin(args) => pin::run(&args),
         Command::Render(args) => render::run(&args),
         Command::Release(args) => release::run(&args),
         Command::Dev(args) => dev::run(&args),

@@ -1,6 +1,6 @@
 //! Manifests in the registry: which digest a tag or digest names (HEAD), and writing a
 //! manifest under a tag or digest with the exact bytes of the layout (PUT), checking that the
-//! registry computed the digest cairn built.
+//! registry computed the digest cairn built; and resolving an upstream tag to its digest (`pin`).
 //!
 //! It never parses or re-serialises a manifest: bytes in, bytes out.
 
@@ -8,6 +8,7 @@ use anyhow::{Result, bail};
 use bytes::Bytes;
 use reqwest::header::{ACCEPT, CONTENT_TYPE};
 use reqwest::{Method, StatusCode};
+use sha2::{Digest as _, Sha256};
 
 use super::auth::{self, Access};
 use super::client::{Client, Request};
@@ -22,10 +23,47 @@ pub async fn manifest_digest(
     repository: &str,
     reference: &str,
 ) -> Result<Option<String>> {
+    head_digest(client, repository, reference, Access::PullPush).await
+}
+
+/// The digest of the manifest `repository:tag` names, asking only for pull access (an
+/// upstream image the user cannot push to). A registry that answers HEAD without
+/// `Docker-Content-Digest` gets a GET, and the digest is that of the bytes it returns.
+pub async fn resolve_tag(client: &Client, repository: &str, tag: &str) -> Result<Option<String>> {
+    if let Some(digest) = head_digest(client, repository, tag, Access::Pull).await? {
+        return Ok(Some(digest));
+    }
+    let request = Request::new(
+        Method::GET,
+        client.url(&format!("{repository}/manifests/{tag}"))?,
+        vec![auth::scope(repository, Access::Pull)],
+        format!("GET manifest {repository}:{tag}"),
+    )
+    .header(ACCEPT, MANIFEST_TYPES)?;
+    let response = client.send(&request).await?;
+    match response.status() {
+        StatusCode::OK => {
+            let bytes = response
+                .bytes()
+                .await
+                .map_err(|err| anyhow::anyhow!("{}: reading the body: {err}", request.what))?;
+            Ok(Some(format!("sha256:{:x}", Sha256::digest(&bytes))))
+        }
+        StatusCode::NOT_FOUND => Ok(None),
+        _ => Err(client.status_error(&request, response).await),
+    }
+}
+
+async fn head_digest(
+    client: &Client,
+    repository: &str,
+    reference: &str,
+    access: Access,
+) -> Result<Option<String>> {
     let request = Request::new(
         Method::HEAD,
         client.url(&format!("{repository}/manifests/{reference}"))?,
-        vec![auth::scope(repository, Access::PullPush)],
+        vec![auth::scope(repository, access)],
         format!("HEAD manifest {repository}:{reference}"),
     )
     .header(ACCEPT, MANIFEST_TYPES)?;

@@ -11,6 +11,7 @@ pub mod credentials;
 pub mod layout;
 pub mod manifest;
 pub mod progress;
+pub mod reference;
 pub mod target;
 pub mod upload;
 

@@ -62,7 +62,7 @@ impl std::fmt::Display for TopologyError {
 impl std::error::Error for TopologyError {}
 
 /// 1-based line number of byte `offset` in `source`.
-fn line_of(source: &str, offset: usize) -> usize {
+pub fn line_of(source: &str, offset: usize) -> usize {
     let end = offset.min(source.len());
     source.as_bytes()[..end]
         .iter()

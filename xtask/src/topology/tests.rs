@@ -138,9 +138,41 @@ fn a_third_party_image_must_be_pinned_by_digest() {
             "postgres:16-alpine",
         ),
         expect![[
-            r#"deploy/topology.toml line 86: images.postgres.reference: "docker.io/library/postgres:16-alpine" must be pinned by tag and digest (name:tag@sha256:<64 hex>)"#
+            r#"deploy/topology.toml line 86: images.postgres.reference: "docker.io/library/postgres:16-alpine" must be pinned by tag and digest (name:tag@sha256:<64 hex>; `cargo xtask pin` writes it)"#
         ]],
     );
+}
+
+#[test]
+fn a_placeholder_digest_is_refused_with_its_line() {
+    let placeholder = "sha256:cac842e54bc1b123a7e8a8b16222c47a033eb1b8d43ee39b9c9f6963d9f2b8a7";
+    let source = edited(
+        "postgres:16-alpine@sha256:57c72fd2a128e416c7fcc499958864df5301e940bca0a56f58fddf30ffc07777",
+        &format!("postgres:16-alpine@{placeholder}"),
+    );
+    let err = parse("deploy/topology.toml", &source).expect_err("placeholder refused");
+    assert_eq!(err.line, Some(80), "{err}");
+    let message = err.to_string();
+    assert!(message.contains("images.postgres.reference"), "{message}");
+    assert!(message.contains("placeholder digest"), "{message}");
+}
+
+#[test]
+fn placeholder_digests_are_recognised() {
+    use super::validate::placeholder;
+    let garage = "docker.io/dxflrs/garage:v1.1.0@sha256:cac842e54bc1b123a7e8a8b16222c47a033eb1b8d43ee39b9c9f6963d9f2b8a7";
+    assert_eq!(
+        placeholder("garage", garage).as_deref(),
+        Some("the sha256 of \"cairn placeholder garage\"")
+    );
+    assert!(
+        placeholder("s3", garage).is_some(),
+        "by the repository name too"
+    );
+    let zeros = format!("web:1@sha256:{}", "0".repeat(64));
+    assert!(placeholder("web", &zeros).is_some());
+    let real = "docker.io/library/postgres:16-alpine@sha256:57c72fd2a128e416c7fcc499958864df5301e940bca0a56f58fddf30ffc07777";
+    assert_eq!(placeholder("postgres", real), None);
 }
 
 #[test]

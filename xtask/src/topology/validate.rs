@@ -1,12 +1,13 @@
 //! The rules a parsed topology must follow beyond its syntax: every reference resolves (servers,
 //! images, secrets, networks, services), no two services publish the same host port on one
 //! server, GPUs are asked for only where they exist, `depends_on` has no cycle, and every image
-//! is either built by cairn or pinned by tag and digest. The first broken rule is reported, with
+//! is either built by cairn or pinned by tag and a digest that is not a placeholder. The first broken rule is reported, with
 //! the byte offset of the field at fault.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde_spanned::Spanned;
+use sha2::{Digest as _, Sha256};
 
 use super::model::{Image, Service, Topology};
 
@@ -81,15 +82,50 @@ fn check_images(topology: &Topology) -> Result<(), Problem> {
                 return Err(at(
                     reference,
                     format!(
-                        "images.{name}.reference: {:?} must be pinned by tag and digest (name:tag@sha256:<64 hex>)",
+                        "images.{name}.reference: {:?} must be pinned by tag and digest (name:tag@sha256:<64 hex>; `cargo xtask pin` writes it)",
                         reference.get_ref()
                     ),
                 ));
+            }
+            Image::Reference(reference) => {
+                if let Some(why) = placeholder(name, reference.get_ref()) {
+                    return Err(at(
+                        reference,
+                        format!(
+                            "images.{name}.reference: {:?} is pinned to a placeholder digest ({why}), not to an image: run `cargo xtask pin` or build the image with cairn",
+                            reference.get_ref()
+                        ),
+                    ));
+                }
             }
             _ => {}
         }
     }
     Ok(())
+}
+
+/// Why the digest of a pinned `reference` (image `name`) is a placeholder rather than an image:
+/// the sha256 of "cairn placeholder NAME" (NAME the image's key or its repository's last
+/// component; cairn's topologies once carried such digests), or one hex digit repeated 64 times
+/// (`sha256:000…`, the usual stand-in). None for a digest that may name a real image.
+pub fn placeholder(name: &str, reference: &str) -> Option<String> {
+    let (name_tag, digest) = reference.split_once("@sha256:")?;
+    let repository = name_tag
+        .rsplit('/')
+        .next()
+        .and_then(|last| last.split(':').next())
+        .unwrap_or(name);
+    for candidate in [name, repository] {
+        let text = format!("cairn placeholder {candidate}");
+        if format!("{:x}", Sha256::digest(text.as_bytes())) == digest {
+            return Some(format!("the sha256 of {text:?}"));
+        }
+    }
+    let first = digest.bytes().next()?;
+    digest
+        .bytes()
+        .all(|b| b == first)
+        .then(|| format!("{:?} repeated", char::from(first)))
 }
 
 /// `name:tag@sha256:<64 lowercase hex>`.

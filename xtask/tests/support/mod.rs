@@ -212,6 +212,29 @@ pub fn build_layout(dir: &Path, big_mib: u64) -> PathBuf {
     layout
 }
 
+/// An OCI layout holding one image, `name`, with one 64 KiB file made from `seed`: two seeds
+/// give two different images under the same name.
+#[allow(dead_code)] // used by tests/pin.rs; tests/push.rs shares this module
+pub fn build_one_image_layout(dir: &Path, name: &str, seed: u64) -> PathBuf {
+    let layout = dir.join("oci");
+    let layout_str = layout.to_str().expect("utf-8 path");
+    std::fs::create_dir_all(dir).expect("layout parent");
+    let file = dir.join(format!("content-{seed}.bin"));
+    random_file(&file, 64 << 10, seed);
+    let reference = format!("{layout_str}:{name}");
+    umoci(&["init", "--layout", layout_str]);
+    umoci(&["new", "--image", &reference]);
+    umoci(&[
+        "insert",
+        "--rootless",
+        "--image",
+        &reference,
+        file.to_str().expect("utf-8"),
+        "/content.bin",
+    ]);
+    layout
+}
+
 /// Runs `cargo xtask push … --json` and returns its report; panics with stderr on failure.
 pub fn push(
     layout: &Path,
