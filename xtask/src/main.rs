@@ -3,6 +3,7 @@
 
 mod bench;
 mod build;
+mod debian;
 mod dev;
 mod image;
 mod project;
@@ -30,6 +31,8 @@ enum Command {
     Image(Box<image::command::ImageArgs>),
     /// Push the images of an OCI layout to a registry (same digests as built).
     Push(push::PushArgs),
+    /// Pin the Debian packages of every image (deploy/debian.lock) with the host's apt.
+    Lock(debian::LockArgs),
     /// Render nginx, compose and .env examples for every server from the topology.
     Render(render::RenderArgs),
     /// Build, pack, push (with --registry), render with the digests, and bundle a release.
@@ -48,6 +51,7 @@ fn main() -> anyhow::Result<()> {
         Command::Build(args) => build::run(&args),
         Command::Image(args) => image::command::run(&args),
         Command::Push(args) => push::run(&args),
+        Command::Lock(args) => debian::run_lock(&args),
         Command::Render(args) => render::run(&args),
         Command::Release(args) => release::run(&args),
         Command::Dev(args) => dev::run(&args),

@@ -204,7 +204,8 @@ fn image_args(root: &Path, names: &[String], layout: &Path, args: &ReleaseArgs) 
         cuda_groups: ["cudart", "cublas", "curand", "nvrtc"]
             .map(str::to_owned)
             .to_vec(),
-        ca_bundle: PathBuf::from("/etc/ssl/certs/ca-certificates.crt"),
+        // None: the system layer comes from the pinned Debian packages (deploy/debian.lock).
+        ca_bundle: None,
         // One cache for every release, outside the bundle: an unchanged release packs nothing.
         cache_dir: Some(root.join("target").join("oci-cache")),
         backend: args.backend,
@@ -311,18 +312,39 @@ fn write_sbom(
         .iter()
         .find(|i| i.name == spec.name)
         .with_context(|| format!("image {} is not in the catalog", spec.name))?;
-    let features: Vec<String> = entry.features.iter().map(|f| (*f).to_owned()).collect();
-    let crates = sbom::crates(root, entry.package, &features)
-        .with_context(|| format!("listing the crates of {}", spec.name))?;
-    let extra: Vec<PathBuf> = spec.cuda.iter().map(|c| c.dir.clone()).collect();
-    let libraries: Vec<sbom::Library> = elf::closure(&spec.binary, &extra)?
-        .into_iter()
-        .map(|library| sbom::Library {
-            debian: sbom::debian_package(&library.host_path),
-            image_path: library.image_path,
+    let crates = match entry.workspace_binary() {
+        Some((package, features)) => {
+            let features: Vec<String> = features.iter().map(|f| (*f).to_owned()).collect();
+            sbom::crates(root, package, &features)
+                .with_context(|| format!("listing the crates of {}", spec.name))?
+        }
+        None => Vec::new(),
+    };
+    let packages: Vec<sbom::Package> = result
+        .debian_packages
+        .iter()
+        .map(|p| sbom::Package {
+            name: p.package.clone(),
+            version: p.version.clone(),
         })
         .collect();
-    let document = sbom::document(&spec.name, &result.digest, &crates, &libraries);
+    // A host system layer (the Nix backend, a GPU image's CUDA closure): its files, with dpkg's
+    // word on them where it knows them.
+    let libraries: Vec<sbom::Library> =
+        match (&spec.binary, packages.is_empty() || spec.cuda.is_some()) {
+            (Some(binary), true) => {
+                let extra: Vec<PathBuf> = spec.cuda.iter().map(|c| c.dir.clone()).collect();
+                elf::closure(binary, &extra)?
+                    .into_iter()
+                    .map(|library| sbom::Library {
+                        debian: sbom::debian_package(&library.host_path),
+                        image_path: library.image_path,
+                    })
+                    .collect()
+            }
+            _ => Vec::new(),
+        };
+    let document = sbom::document(&spec.name, &result.digest, &crates, &packages, &libraries);
     let relative = format!("sbom/{}.cdx.json", spec.name);
     let path = bundle.join(&relative);
     std::fs::create_dir_all(bundle.join("sbom")).context("creating sbom/")?;

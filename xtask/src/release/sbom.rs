@@ -1,7 +1,8 @@
 //! One CycloneDX 1.5 JSON SBOM per image: the crates compiled into its binary (the normal
 //! dependency closure of its package as `cargo tree -e normal` resolves it, for the features it
-//! was built with) and the shared libraries packed beside it (with their Debian package and
-//! version where `dpkg -S` knows the file).
+//! was built with), the pinned Debian packages whose files it holds (name and version from
+//! deploy/debian.lock), and any shared library packed from the build host instead (with its
+//! Debian package and version where `dpkg -S` knows the file).
 //!
 //! Gathering facts (cargo tree, dpkg) is separate from the pure mapping to CycloneDX
 //! ([`document`]). This module never builds or packs anything: it describes what `build` and
@@ -24,7 +25,14 @@ pub struct Crate {
     pub source: Option<String>,
 }
 
-/// A shared library packed into an image.
+/// A Debian package whose files are in an image (from deploy/debian.lock).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Package {
+    pub name: String,
+    pub version: String,
+}
+
+/// A shared library packed into an image from the build host.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Library {
     pub image_path: String,
@@ -150,8 +158,15 @@ pub fn debian_package(host_path: &Path) -> Option<(String, String)> {
 }
 
 /// The CycloneDX 1.5 document for image `name` (pure). `digest` is the image manifest digest.
-pub fn document(name: &str, digest: &str, crates: &[Crate], libraries: &[Library]) -> Value {
+pub fn document(
+    name: &str,
+    digest: &str,
+    crates: &[Crate],
+    packages: &[Package],
+    libraries: &[Library],
+) -> Value {
     let mut components: Vec<Value> = crates.iter().map(crate_component).collect();
+    components.extend(packages.iter().map(package_component));
     components.extend(libraries.iter().map(library_component));
     json!({
         "bomFormat": "CycloneDX",
@@ -186,6 +201,22 @@ fn crate_component(krate: &Crate) -> Value {
         component["purl"] = json!(format!("pkg:cargo/{}@{}", krate.name, krate.version));
     }
     component
+}
+
+fn package_component(package: &Package) -> Value {
+    json!({
+        "type": "library",
+        "name": package.name,
+        "version": package.version,
+        "bom-ref": format!("deb:{}@{}", package.name, package.version),
+        "purl": format!(
+            "pkg:deb/debian/{}@{}?arch={}&distro={}",
+            package.name,
+            package.version,
+            crate::debian::sets::ARCHITECTURE,
+            crate::debian::sets::RELEASE
+        ),
+    })
 }
 
 fn library_component(library: &Library) -> Value {

@@ -11,7 +11,14 @@ use serde_spanned::Spanned;
 use super::model::{Image, Service, Topology};
 
 /// The images `cargo xtask image` builds (their names in the OCI layout).
-pub const BUILT_IMAGES: &[&str] = &["gateway", "api", "inference", "inference-cuda"];
+pub const BUILT_IMAGES: &[&str] = &[
+    "gateway",
+    "api",
+    "inference",
+    "inference-cuda",
+    "postgres",
+    "nginx",
+];
 
 /// A broken rule: what is wrong, and where in the file.
 #[derive(Debug)]
