@@ -139,6 +139,7 @@ mod tests {
             name: "nginx",
             roots: &["nginx"],
             drop_paths: &[],
+            links: &[],
         };
         let names: Vec<String> = resolve(&set, &mut index)
             .expect("resolve")
@@ -158,6 +159,7 @@ mod tests {
             name: "nginx",
             roots: &["nginx"],
             drop_paths: &[],
+            links: &[],
         };
         let err = resolve(&set, &mut index).expect_err("missing");
         assert!(

@@ -15,6 +15,8 @@ pub struct PackageSet {
     pub roots: &'static [&'static str],
     /// Path prefixes (inside the image, no leading `/`) left out of this set's packages.
     pub drop_paths: &'static [&'static str],
+    /// Symlinks a maintainer script would make, `(path, target)` (no leading `/` on the path).
+    pub links: &'static [(&'static str, &'static str)],
 }
 
 pub const SETS: &[PackageSet] = &[
@@ -22,6 +24,7 @@ pub const SETS: &[PackageSet] = &[
         name: "base",
         roots: &["libc6", "libgcc-s1", "ca-certificates"],
         drop_paths: &[],
+        links: &[],
     },
     PackageSet {
         name: "nginx",
@@ -40,10 +43,13 @@ pub const SETS: &[PackageSet] = &[
             "var/www",
             "lib/systemd",
         ],
+        links: &[],
     },
     PackageSet {
         name: "postgres",
-        roots: &["postgresql-15", "postgresql-client-15"],
+        // dash: initdb runs postgres through popen(3), which needs /bin/sh (with a redirection
+        // in its command line); nothing else in the image uses a shell.
+        roots: &["postgresql-15", "postgresql-client-15", "dash"],
         // JIT: llvmjit.so and its bitcode need libLLVM (about 100 MB); postgres runs without
         // JIT (the `jit` setting falls back to off when the provider is missing).
         drop_paths: &[
@@ -51,6 +57,8 @@ pub const SETS: &[PackageSet] = &[
             "usr/lib/postgresql/15/lib/llvmjit_types.bc",
             "usr/lib/postgresql/15/lib/bitcode",
         ],
+        // dash's maintainer script makes /bin/sh; the image has none to run.
+        links: &[("bin/sh", "dash")],
     },
 ];
 
@@ -89,6 +97,7 @@ pub const SKIPPED: &[(&str, &str)] = &[
         "readline-common's info-page trigger; cairn extracts packages itself",
     ),
     ("install-info", "readline-common's info-page trigger"),
+    ("debianutils", "dash's maintainer script (add-shell)"),
     ("ssl-cert", "the snakeoil certificate generator"),
     (
         "openssl",

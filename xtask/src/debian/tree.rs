@@ -84,6 +84,23 @@ impl PackageTree {
                 }
             }
         }
+        for (path, target) in set.links {
+            let dir = parent(path);
+            let owner = tree
+                .resolve(&format!("{dir}/{target}"))
+                .and_then(|(_, real)| tree.entries.get(&real))
+                .map(|entry| (entry.package.clone(), entry.version.clone()))
+                .with_context(|| format!("set {}: /{path} would point to nothing", set.name))?;
+            tree.entries.insert(
+                (*path).to_owned(),
+                TreeEntry {
+                    kind: TreeKind::Symlink((*target).to_owned()),
+                    mode: 0o777,
+                    package: owner.0,
+                    version: owner.1,
+                },
+            );
+        }
         Ok(tree)
     }
 
