@@ -142,10 +142,9 @@ fn image_pins_come_from_the_built_map() {
         r#"image "inference-cuda" was not built: it is missing from the map (has: api, gateway)"#
     ]]
     .assert_eq(&err.to_string());
-    built.insert(
-        "inference-cuda".into(),
-        format!("r.example/inference-cuda@sha256:{digest}"),
-    );
+    for name in ["inference-cuda", "nginx", "postgres"] {
+        built.insert(name.into(), format!("r.example/{name}@sha256:{digest}"));
+    }
     let pins = ImagePins::from_map(&topology, &built).expect("complete map");
     assert_eq!(pins.reference("inference"), built["inference-cuda"]);
     assert_eq!(pins.origin(), PinOrigin::Registry);
