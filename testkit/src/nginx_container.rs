@@ -30,13 +30,13 @@ pub fn add_mime_types_and_certificate(openssl: &Path, etc: &Path, server_name: &
 }
 
 /// The first lines of a `sh -c` script for `unshare -m`: `etc` over /etc/nginx, a hosts file
-/// (written into `scratch`) naming `gateway` over /etc/hosts, a fresh tmpfs over /tmp (the
-/// config's pid and temp paths).
+/// (written into `scratch`) naming `gateway` over /etc/hosts, fresh tmpfs over /tmp and over
+/// /var/cache/nginx (the config's pid and temp paths: a volume in the container).
 pub fn mount_prelude(etc: &Path, scratch: &Path) -> String {
     let hosts = scratch.join("hosts");
     std::fs::write(&hosts, "127.0.0.1 localhost gateway\n").expect("write hosts");
     format!(
-        "set -e\nmount --bind {hosts} /etc/hosts\nmount --bind {etc} /etc/nginx\nmount -t tmpfs tmpfs /tmp\n",
+        "set -e\nmount --bind {hosts} /etc/hosts\nmount --bind {etc} /etc/nginx\nmount -t tmpfs tmpfs /tmp\nmkdir -p /var/cache/nginx\nmount -t tmpfs tmpfs /var/cache/nginx\n",
         hosts = hosts.display(),
         etc = etc.display(),
     )

@@ -4,6 +4,7 @@
 mod bench;
 mod build;
 mod cuda;
+mod debian;
 mod dev;
 mod image;
 mod pin;
@@ -36,6 +37,8 @@ enum Command {
     Push(push::PushArgs),
     /// Pin the topology's upstream images to the digests their tags name (`--check`: fail when one moved).
     Pin(pin::PinArgs),
+    /// Pin the Debian packages of every image (deploy/debian.lock) with the host's apt.
+    Lock(debian::LockArgs),
     /// Render nginx, compose and .env examples for every server from the topology.
     Render(render::RenderArgs),
     /// Build, pack, push (with --registry), render with the digests, and bundle a release.
@@ -56,6 +59,7 @@ fn main() -> anyhow::Result<()> {
         Command::Image(args) => image::command::run(&args),
         Command::Push(args) => push::run(&args),
         Command::Pin(args) => pin::run(&args),
+        Command::Lock(args) => debian::run_lock(&args),
         Command::Render(args) => render::run(&args),
         Command::Release(args) => release::run(&args),
         Command::Dev(args) => dev::run(&args),

@@ -1,8 +1,11 @@
 //! Reproducibility, tested: two checkouts of this commit (git worktrees under a temp dir) with
 //! separate target directories build two small services with `cargo xtask build` and assemble
-//! them with `cargo xtask image`; every blob and index.json are identical. Then one source file
-//! of one service changes, and only that service's application layer (and its config and
-//! manifest) change. The services are std-only crates the test adds, so CI stays fast.
+//! them with `cargo xtask image`, together with the nginx image (pinned Debian packages, the
+//! site and the std-only `http-probe`); every blob and index.json are identical. Then one source
+//! file of one service changes, and only that service's application layer (and its config and
+//! manifest) change. The services are std-only crates the test adds, so CI stays fast; the
+//! postgres image is left out because its entrypoint's release build (thiserror, syn) would
+//! double the test's time, and it is assembled by the same code as nginx.
 
 mod image_support;
 
@@ -86,7 +89,14 @@ fn build_and_assemble(checkout: &Path, target: &Path, out: &Path) {
     let envs = [("CAIRN_ROOT", checkout), ("CARGO_TARGET_DIR", target)];
     let output = xtask(&["build", "fixture-a", "fixture-b", "--json"], &envs);
     let built: serde_json::Value = serde_json::from_slice(&output.stdout).expect("build JSON");
-    let mut args: Vec<String> = vec!["image".into(), "--out".into(), out.display().to_string()];
+    let mut args: Vec<String> = vec![
+        "image".into(),
+        "fixture-a".into(),
+        "fixture-b".into(),
+        "nginx".into(),
+        "--out".into(),
+        out.display().to_string(),
+    ];
     for binary in built.as_array().expect("binaries") {
         let path = binary["path"].as_str().expect("path");
         let contents = std::fs::read(path).expect("binary");
@@ -165,5 +175,16 @@ fn two_checkouts_give_identical_digests_and_one_change_touches_one_layer() {
         unchanged(&out_one),
         unchanged(&out_changed),
         "fixture-b must not change at all"
+    );
+    let nginx = |layout: &Path| {
+        index(layout)
+            .into_iter()
+            .find(|(n, _)| n == "nginx")
+            .expect("nginx")
+    };
+    assert_eq!(
+        nginx(&out_one),
+        nginx(&out_changed),
+        "nginx must not change"
     );
 }

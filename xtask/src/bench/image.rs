@@ -13,7 +13,7 @@ use crate::image::cache::LayerCache;
 use crate::image::layer::{Compression, EntrySource};
 use crate::image::layout::LayoutDir;
 use crate::image::plan::{ImageSpec, Provenance};
-use crate::image::{ImagePlan, assemble, plan_layers};
+use crate::image::{ImagePlan, SystemFiles, assemble, plan_layers};
 
 #[derive(Debug, clap::Args)]
 pub struct BenchImageArgs {
@@ -100,15 +100,7 @@ impl Timings {
         compression: Compression,
         dir: &Path,
     ) -> Result<()> {
-        let plan = ImagePlan {
-            images: vec![spec.clone()],
-            ca_bundle: ca_bundle.to_owned(),
-            compression,
-            epoch: 0,
-            cache: LayerCache {
-                dir: dir.join("cache"),
-            },
-        };
+        let plan = host_plan(spec, ca_bundle, compression, &dir.join("cache"));
         let layout = LayoutDir::open(&dir.join("layout"))?;
         self.cold.push(time(|| assemble(&plan, &layout).map(drop))?);
         self.noop.push(time(|| {
@@ -136,11 +128,37 @@ fn blobs_size(layout: &Path) -> Result<u64> {
     Ok(total)
 }
 
+/// The plan of the benchmark's one image, its system layer from this machine (what umoci gets).
+fn host_plan(
+    spec: &ImageSpec,
+    ca_bundle: &Path,
+    compression: Compression,
+    cache: &Path,
+) -> ImagePlan {
+    ImagePlan {
+        images: vec![spec.clone()],
+        system: SystemFiles::Host {
+            ca_bundle: ca_bundle.to_owned(),
+        },
+        debian_sets: Default::default(),
+        compression,
+        epoch: 0,
+        cache: LayerCache {
+            dir: cache.to_owned(),
+        },
+    }
+}
+
 fn bench_spec(binary: &Path) -> ImageSpec {
     ImageSpec {
         name: "bench".into(),
-        binary: binary.to_owned(),
+        binary: Some(binary.to_owned()),
         binary_name: "app".into(),
+        entrypoint: vec!["/usr/local/bin/app".into()],
+        cmd: Vec::new(),
+        stop_signal: None,
+        debian_set: None,
+        writable_dirs: Vec::new(),
         extra_files: Vec::new(),
         ports: vec![8080],
         env: Vec::new(),
@@ -155,7 +173,13 @@ fn bench_spec(binary: &Path) -> ImageSpec {
 
 /// Copies every file cairn would pack into a directory tree, for umoci to insert.
 fn stage(spec: &ImageSpec, ca_bundle: &Path, root: &Path) -> Result<()> {
-    for layer in plan_layers(spec, ca_bundle)? {
+    let plan = host_plan(
+        spec,
+        ca_bundle,
+        Compression::Gzip,
+        &root.join("unused-cache"),
+    );
+    for layer in plan_layers(spec, &plan)?.layers {
         for (path, entry) in &layer.entries {
             let target = root.join(path);
             match &entry.source {

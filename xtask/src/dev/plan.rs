@@ -149,7 +149,11 @@ fn ports_of(topology: &Topology) -> Result<TopologyPorts> {
     };
     let inference = built("inference").or_else(|_| built("inference-cuda"))?;
     let postgres = service_port(topology, |service| {
-        matches!(topology.images.get(service.image.get_ref()), Some(Image::Reference(r)) if r.get_ref().contains("/postgres:"))
+        match topology.images.get(service.image.get_ref()) {
+            Some(Image::Build(b)) => b.get_ref() == "postgres",
+            Some(Image::Reference(r)) => r.get_ref().contains("/postgres:"),
+            None => false,
+        }
     })
     .context("no service of the topology runs a postgres image with a port")?;
     let api_service = topology

@@ -1,59 +1,24 @@
 //! `cargo xtask image [IMAGE…]`: turns the command line and a build into an `ImagePlan`, calls
 //! `assemble`, prints the table (or `--json`) and, with `--format docker-archive`, writes the
-//! tarball. The catalog of cairn's images (which package, port and CUDA needs) lives here.
+//! tarball. What each image is made of is the `catalog`.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
+use std::collections::BTreeMap;
+
 use super::cache::LayerCache;
+use super::catalog;
 use super::layer::Compression;
 use super::layout::LayoutDir;
-use super::plan::{CudaInput, ExtraFile, ImageSpec, Provenance};
-use super::{ImagePlan, ImageReport, assemble, cuda, docker_archive};
+use super::plan::{BIN_DIR, CudaInput, ExtraFile, ImageSpec, Provenance};
+use super::{ImagePlan, ImageReport, SystemFiles, assemble, cuda, docker_archive};
 use crate::build::{self, Backend, BuildRequest, provenance};
+use crate::debian;
 use crate::project;
 
-/// One of cairn's images.
-#[derive(Debug, Clone, Copy)]
-pub struct CatalogImage {
-    pub name: &'static str,
-    pub package: &'static str,
-    pub features: &'static [&'static str],
-    pub port: u16,
-    pub gpu: bool,
-}
-
-pub const CATALOG: &[CatalogImage] = &[
-    CatalogImage {
-        name: "gateway",
-        package: "gateway",
-        features: &[],
-        port: 8080,
-        gpu: false,
-    },
-    CatalogImage {
-        name: "api",
-        package: "api",
-        features: &[],
-        port: 8000,
-        gpu: false,
-    },
-    CatalogImage {
-        name: "inference",
-        package: "inference",
-        features: &[],
-        port: 8001,
-        gpu: false,
-    },
-    CatalogImage {
-        name: "inference-cuda",
-        package: "inference",
-        features: &["cuda"],
-        port: 8001,
-        gpu: true,
-    },
-];
+pub use super::catalog::{CATALOG, CatalogImage, ImageContent};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum OutputFormat {
@@ -102,8 +67,11 @@ pub struct ImageArgs {
         default_value = "cudart,cublas,curand,nvrtc"
     )]
     pub cuda_groups: Vec<String>,
-    #[arg(long, default_value = "/etc/ssl/certs/ca-certificates.crt")]
-    pub ca_bundle: PathBuf,
+    /// Take service images' system layer from this machine: the binary's ELF closure as found
+    /// here (a Nix store closure) and this CA bundle. Without it, both come from the pinned
+    /// Debian base set of deploy/debian.lock.
+    #[arg(long)]
+    pub ca_bundle: Option<PathBuf>,
     /// Layer cache directory (default: `<out>-cache`).
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
@@ -166,39 +134,69 @@ fn human_size(bytes: u64) -> String {
 pub fn plan_from_args(args: &ImageArgs, root: &Path) -> Result<ImagePlan> {
     let given = parse_pairs(&args.binaries, "--binary")?;
     let names = selected_images(args, root, &given)?;
-    let to_build: Vec<(String, BuildRequest)> = names
+    let to_build: Vec<BuildRequest> = names
         .iter()
         .filter(|name| !given.iter().any(|(image, _)| image == *name))
-        .filter_map(|name| catalog(name).map(|entry| (name.clone(), request(entry))))
+        .filter_map(|name| catalog::find(name).and_then(request))
         .collect();
-    let requests: Vec<BuildRequest> = to_build.iter().map(|(_, r)| r.clone()).collect();
-    let built = if requests.is_empty() {
+    let built = if to_build.is_empty() {
         Vec::new()
     } else {
-        build::build(build::choose(args.backend), &requests)?
+        build::build(build::choose(args.backend), &to_build)?
     };
     let mut images = Vec::new();
     for name in &names {
-        let (binary, version) = match given.iter().find(|(image, _)| image == name) {
-            Some((_, path)) => (
-                PathBuf::from(path),
+        let entry = catalog::find(name);
+        let given_binary = given.iter().find(|(image, _)| image == name);
+        let (binary, version) = match (given_binary, entry) {
+            (Some((_, path)), _) => (
+                Some(PathBuf::from(path)),
                 std::env::var("CAIRN_VERSION").unwrap_or_else(|_| "0.0.0".into()),
             ),
-            None => {
-                let entry = catalog(name).with_context(|| format!("unknown image {name:?}"))?;
-                let binary = built
-                    .iter()
-                    .find(|b| b.package == entry.package && b.features == request(entry).features)
-                    .with_context(|| format!("no binary was built for {name}"))?;
-                (binary.path.clone(), binary.version.clone())
-            }
+            (None, Some(entry)) => match request(entry) {
+                Some(wanted) => {
+                    let binary = built
+                        .iter()
+                        .find(|b| b.package == wanted.package && b.features == wanted.features)
+                        .with_context(|| format!("no binary was built for {name}"))?;
+                    (Some(binary.path.clone()), binary.version.clone())
+                }
+                None => match entry.content {
+                    ImageContent::Prebuilt(prebuilt) => {
+                        let path = (prebuilt.binary)(root)
+                            .with_context(|| format!("building the binary of image {name}"))?;
+                        (Some(path), "0.0.0".to_owned())
+                    }
+                    _ => (None, env!("CARGO_PKG_VERSION").to_owned()),
+                },
+            },
+            (None, None) => bail!("unknown image {name:?}"),
         };
         images.push(spec(args, root, name, binary, version)?);
+    }
+    let needs_base = images.iter().any(|image| image.debian_set.is_none());
+    let system = match (&args.ca_bundle, needs_base) {
+        (Some(ca_bundle), _) => SystemFiles::Host {
+            ca_bundle: ca_bundle.clone(),
+        },
+        (None, true) => SystemFiles::Debian(debian::load_set(root, "base")?),
+        // No service image: the base set is not needed (nor fetched).
+        (None, false) => SystemFiles::Host {
+            ca_bundle: PathBuf::new(),
+        },
+    };
+    let mut debian_sets = BTreeMap::new();
+    for set in images.iter().filter_map(|image| image.debian_set.clone()) {
+        if let std::collections::btree_map::Entry::Vacant(slot) = debian_sets.entry(set) {
+            let pinned = debian::load_set(root, slot.key())?;
+            slot.insert(pinned);
+        }
     }
     let out = root.join(&args.out);
     Ok(ImagePlan {
         images,
-        ca_bundle: args.ca_bundle.clone(),
+        system,
+        debian_sets,
         compression: args.compression,
         epoch: provenance::source_date_epoch()?,
         cache: args
@@ -211,16 +209,15 @@ pub fn plan_from_args(args: &ImageArgs, root: &Path) -> Result<ImagePlan> {
     })
 }
 
-fn catalog(name: &str) -> Option<CatalogImage> {
-    CATALOG.iter().copied().find(|image| image.name == name)
-}
-
-fn request(entry: CatalogImage) -> BuildRequest {
-    BuildRequest {
-        package: entry.package.into(),
-        bin: entry.package.into(),
-        features: entry.features.iter().map(|f| (*f).to_owned()).collect(),
-    }
+/// The workspace binary an image needs built, if any.
+fn request(entry: &CatalogImage) -> Option<BuildRequest> {
+    entry
+        .workspace_binary()
+        .map(|(package, features)| BuildRequest {
+            package: package.into(),
+            bin: package.into(),
+            features: features.iter().map(|f| (*f).to_owned()).collect(),
+        })
 }
 
 fn selected_images(
@@ -230,7 +227,7 @@ fn selected_images(
 ) -> Result<Vec<String>> {
     if !args.images.is_empty() {
         for name in &args.images {
-            if catalog(name).is_none() && !given.iter().any(|(image, _)| image == name) {
+            if catalog::find(name).is_none() && !given.iter().any(|(image, _)| image == name) {
                 let known: Vec<&str> = CATALOG.iter().map(|i| i.name).collect();
                 bail!(
                     "unknown image {name:?}: known images are {}, or name a binary with --binary {name}=PATH",
@@ -245,11 +242,13 @@ fn selected_images(
     }
     let names: Vec<String> = CATALOG
         .iter()
-        .filter(|image| {
-            root.join("services")
-                .join(image.package)
+        .filter(|image| match image.content {
+            ImageContent::Service { package, .. } => root
+                .join("services")
+                .join(package)
                 .join("Cargo.toml")
-                .exists()
+                .exists(),
+            ImageContent::Debian(_) | ImageContent::Prebuilt(_) => false,
         })
         .filter(|image| !image.gpu || args.cuda_dir.is_some())
         .map(|image| image.name.to_owned())
@@ -267,17 +266,20 @@ fn spec(
     args: &ImageArgs,
     root: &Path,
     name: &str,
-    binary: PathBuf,
+    binary: Option<PathBuf>,
     version: String,
 ) -> Result<ImageSpec> {
-    let entry = catalog(name);
-    let binary_name = match entry {
-        Some(entry) => entry.package.to_owned(),
-        None => binary
+    let entry = catalog::find(name);
+    let binary_name = match (entry.map(|e| e.content), &binary) {
+        (Some(ImageContent::Service { package, .. }), _) => package.to_owned(),
+        (Some(ImageContent::Debian(debian)), _) => debian.helper.unwrap_or_default().to_owned(),
+        (Some(ImageContent::Prebuilt(prebuilt)), _) => prebuilt.binary_name.to_owned(),
+        (None, Some(binary)) => binary
             .file_name()
             .with_context(|| format!("--binary {name}={} names no file", binary.display()))?
             .to_string_lossy()
             .into_owned(),
+        (None, None) => bail!("image {name:?} has no binary"),
     };
     let gpu = entry.is_some_and(|e| e.gpu) || args.gpu_images.iter().any(|g| g == name);
     let cuda = match gpu {
@@ -297,18 +299,59 @@ fn spec(
             Some(CudaInput { dir, groups })
         }
     };
-    let extra_files = parse_pairs(&args.files, "--file")?
+    let mut extra_files: Vec<ExtraFile> = parse_pairs(&args.files, "--file")?
         .into_iter()
         .filter(|(image, _)| image == name)
         .map(|(_, value)| extra_file(&value))
         .collect::<Result<_>>()?;
+    let owned = |dirs: &[&str]| dirs.iter().map(|d| (*d).to_owned()).collect::<Vec<_>>();
+    let service_entrypoint = vec![format!("{BIN_DIR}/{binary_name}")];
+    let stop_signal = match entry.map(|e| e.content) {
+        Some(ImageContent::Debian(debian)) => debian.stop_signal.map(str::to_owned),
+        _ => None,
+    };
+    let (entrypoint, cmd, debian_set, writable_dirs, env) = match entry.map(|e| e.content) {
+        Some(ImageContent::Debian(debian)) => {
+            let mut files = (debian.files)(root)
+                .with_context(|| format!("collecting the files of image {name}"))?;
+            files.append(&mut extra_files);
+            extra_files = files;
+            let env = debian
+                .env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect();
+            (
+                owned(debian.entrypoint),
+                owned(debian.cmd),
+                Some(debian.set.to_owned()),
+                owned(debian.writable_dirs),
+                env,
+            )
+        }
+        Some(ImageContent::Prebuilt(prebuilt)) => (
+            service_entrypoint,
+            owned(prebuilt.cmd),
+            None,
+            owned(prebuilt.writable_dirs),
+            Vec::new(),
+        ),
+        Some(ImageContent::Service { .. }) | None => {
+            (service_entrypoint, Vec::new(), None, Vec::new(), Vec::new())
+        }
+    };
     Ok(ImageSpec {
         name: name.to_owned(),
         binary,
         binary_name,
+        entrypoint,
+        cmd,
+        stop_signal,
+        debian_set,
+        writable_dirs,
         extra_files,
-        ports: entry.map(|e| vec![e.port]).unwrap_or_default(),
-        env: Vec::new(),
+        ports: entry.map(|e| e.ports.to_vec()).unwrap_or_default(),
+        env,
         cuda,
         provenance: Provenance {
             source: provenance::source(root),

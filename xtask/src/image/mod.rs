@@ -8,31 +8,50 @@
 //! tarball of the layout). This module never builds binaries and never talks to a registry.
 
 pub mod cache;
+pub mod catalog;
 pub mod command;
 pub mod cuda;
 pub mod docker_archive;
 pub mod elf;
 pub mod layer;
 pub mod layout;
+pub mod packages;
 pub mod plan;
+pub mod site;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use serde_json::json;
 
+use crate::debian::{self, PinnedSet, tree};
 use cache::{CachedLayer, LayerCache};
-use layer::{Compression, LayerPlan};
+use layer::{Compression, EntrySource, LayerPlan};
 use layout::{CONFIG_MEDIA_TYPE, Descriptor, LayoutDir, MANIFEST_MEDIA_TYPE, canonical_json};
+use packages::DebianPackage;
 use plan::ImageSpec;
+
+/// Where the system layer of a service image comes from.
+#[derive(Debug, Clone)]
+pub enum SystemFiles {
+    /// This machine (or a Nix store closure): the binary's ELF closure as found here, and this
+    /// CA bundle file.
+    Host { ca_bundle: PathBuf },
+    /// The pinned Debian base set: the closure resolved inside its packages (symbol versions
+    /// checked), the CA bundle built from its ca-certificates.
+    Debian(PinnedSet),
+}
 
 /// Everything the assembler needs.
 #[derive(Debug, Clone)]
 pub struct ImagePlan {
     pub images: Vec<ImageSpec>,
-    /// The CA bundle copied to /etc/ssl/certs/ca-certificates.crt.
-    pub ca_bundle: PathBuf,
+    /// The system layer of service images.
+    pub system: SystemFiles,
+    /// The package sets of images made of Debian packages, by set name.
+    pub debian_sets: BTreeMap<String, PinnedSet>,
     pub compression: Compression,
     /// SOURCE_DATE_EPOCH: the `created` fields (layer mtimes are `layer::MTIME`).
     pub epoch: u64,
@@ -60,6 +79,8 @@ pub struct ImageResult {
     /// Compressed layers + config + manifest, the bytes a pull transfers.
     pub compressed_size: u64,
     pub layers: Vec<LayerReport>,
+    /// The Debian packages whose files are in the image (empty for a host system layer).
+    pub debian_packages: Vec<DebianPackage>,
 }
 
 /// What `assemble` did.
@@ -109,18 +130,119 @@ pub fn assemble(plan: &ImagePlan, layout: &LayoutDir) -> Result<ImageReport> {
     })
 }
 
-/// The layers of `spec` in their fixed order: system, CUDA groups, application.
-pub fn plan_layers(spec: &ImageSpec, ca_bundle: &std::path::Path) -> Result<Vec<LayerPlan>> {
-    std::fs::File::open(&spec.binary)
-        .with_context(|| format!("reading binary {}", spec.binary.display()))?;
-    std::fs::File::open(ca_bundle)
-        .with_context(|| format!("reading CA bundle {}", ca_bundle.display()))?;
+/// The layers of one image and the Debian packages they hold.
+#[derive(Debug, Clone)]
+pub struct PlannedImage {
+    pub layers: Vec<LayerPlan>,
+    pub debian_packages: BTreeSet<DebianPackage>,
+}
+
+/// The layers of `spec` in their fixed order: an image of packages gets its package layers,
+/// then system and app; a service gets system, CUDA groups, app.
+pub fn plan_layers(spec: &ImageSpec, plan: &ImagePlan) -> Result<PlannedImage> {
+    if let Some(binary) = &spec.binary {
+        std::fs::File::open(binary)
+            .with_context(|| format!("reading binary {}", binary.display()))?;
+    }
+    match &spec.debian_set {
+        Some(set) => {
+            let pinned = plan
+                .debian_sets
+                .get(set)
+                .with_context(|| format!("package set {set} was not loaded"))?;
+            package_image_layers(spec, pinned)
+        }
+        None => service_layers(spec, &plan.system),
+    }
+}
+
+fn package_image_layers(spec: &ImageSpec, pinned: &PinnedSet) -> Result<PlannedImage> {
+    // Every program and module of the packages, and cairn's helper, must find what it links
+    // against inside the image, at the symbol versions it needs.
+    let mut roots: Vec<(String, PathBuf, String)> = Vec::new();
+    for path in pinned.tree.elf_files()? {
+        if let Some(tree::TreeKind::File(host)) = pinned.tree.entries.get(&path).map(|e| &e.kind) {
+            roots.push((format!("/{path}"), host.clone(), path.clone()));
+        }
+    }
+    if let Some(binary) = &spec.binary {
+        roots.push((
+            binary.display().to_string(),
+            binary.clone(),
+            format!("{}/{}", plan::BIN_DIR, spec.binary_name),
+        ));
+    }
+    tree::closure(&pinned.tree, &roots)
+        .with_context(|| format!("checking the files of package set {}", pinned.set.name))?;
+    let mut layers = packages::package_layers(pinned)?;
+    layers.push(plan::system_layer(Vec::new(), None));
+    layers.push(plan::app_layer(spec));
+    Ok(PlannedImage {
+        layers,
+        debian_packages: packages::all_packages(pinned),
+    })
+}
+
+fn service_layers(spec: &ImageSpec, system: &SystemFiles) -> Result<PlannedImage> {
+    let binary = spec
+        .binary
+        .as_ref()
+        .with_context(|| format!("image {} has neither a binary nor a package set", spec.name))?;
     let cuda_dirs: Vec<PathBuf> = spec.cuda.iter().map(|cuda| cuda.dir.clone()).collect();
-    let libraries = elf::closure(&spec.binary, &cuda_dirs)?;
-    let (cuda_libraries, system_libraries): (Vec<_>, Vec<_>) = libraries
-        .into_iter()
-        .partition(|lib| cuda_dirs.iter().any(|dir| lib.host_path.starts_with(dir)));
-    let mut layers = vec![plan::system_layer(&system_libraries, ca_bundle)];
+    let host_closure = || -> Result<_> {
+        let libraries = elf::closure(binary, &cuda_dirs)?;
+        Ok(libraries.into_iter().partition::<Vec<_>, _>(|lib| {
+            cuda_dirs.iter().any(|dir| lib.host_path.starts_with(dir))
+        }))
+    };
+    let mut debian_packages = BTreeSet::new();
+    let (cuda_libraries, system_entries, ca_bundle) = match system {
+        SystemFiles::Host { ca_bundle } => {
+            std::fs::File::open(ca_bundle)
+                .with_context(|| format!("reading CA bundle {}", ca_bundle.display()))?;
+            let (cuda, rest) = host_closure()?;
+            let entries = plan::host_library_entries(&rest);
+            (cuda, entries, EntrySource::HostFile(ca_bundle.clone()))
+        }
+        SystemFiles::Debian(base) => {
+            let bundle = debian::ca_bundle(&base.tree)?;
+            debian_packages.extend(
+                base.packages
+                    .iter()
+                    .filter(|p| p.package == "ca-certificates")
+                    .map(|p| DebianPackage {
+                        package: p.package.clone(),
+                        version: p.version.clone(),
+                    }),
+            );
+            if spec.cuda.is_some() {
+                // GPU images: the CUDA libraries' own closure is taken from this machine until
+                // the CUDA runtime comes from pinned packages too.
+                let (cuda, rest) = host_closure()?;
+                (
+                    cuda,
+                    plan::host_library_entries(&rest),
+                    EntrySource::Bytes(bundle),
+                )
+            } else {
+                let roots = [(
+                    binary.display().to_string(),
+                    binary.clone(),
+                    format!("{}/{}", plan::BIN_DIR, spec.binary_name),
+                )];
+                let closure = tree::closure(&base.tree, &roots).with_context(|| {
+                    format!(
+                        "finding the libraries of {} in the pinned Debian packages",
+                        spec.name
+                    )
+                })?;
+                let (entries, used) = packages::closure_entries(&base.tree, &closure.paths);
+                debian_packages.extend(used);
+                (Vec::new(), entries, EntrySource::Bytes(bundle))
+            }
+        }
+    };
+    let mut layers = vec![plan::system_layer(system_entries, Some(ca_bundle))];
     if let Some(cuda) = &spec.cuda {
         for group in &cuda.groups {
             layers.push(cuda::plan_group(&cuda.dir, *group)?);
@@ -139,14 +261,17 @@ pub fn plan_layers(spec: &ImageSpec, ca_bundle: &std::path::Path) -> Result<Vec<
         if let Some(missing) = cuda_libraries.iter().find(|lib| !packed(lib)) {
             anyhow::bail!(
                 "{} needs {} from the CUDA directory, which no CUDA library group of image {} packs",
-                spec.binary.display(),
+                binary.display(),
                 missing.host_path.display(),
                 spec.name
             );
         }
     }
     layers.push(plan::app_layer(spec));
-    Ok(layers)
+    Ok(PlannedImage {
+        layers,
+        debian_packages,
+    })
 }
 
 fn assemble_image(
@@ -155,7 +280,8 @@ fn assemble_image(
     created: &str,
     layout: &LayoutDir,
 ) -> Result<ImageResult> {
-    let layer_plans = plan_layers(spec, &plan.ca_bundle)?;
+    let planned = plan_layers(spec, plan)?;
+    let layer_plans = planned.layers;
     // Layers are independent: compress them on all cores at once, keep their order.
     let layers = std::thread::scope(|scope| {
         let workers: Vec<_> = layer_plans
@@ -195,6 +321,7 @@ fn assemble_image(
         config_digest: config.digest,
         compressed_size,
         layers,
+        debian_packages: planned.debian_packages.into_iter().collect(),
     })
 }
 

@@ -47,9 +47,19 @@ pub struct Provenance {
 pub struct ImageSpec {
     /// The ref name in index.json (`gateway`, `inference-cuda`).
     pub name: String,
-    pub binary: PathBuf,
-    /// The file name under /usr/local/bin, also the entrypoint.
+    /// cairn's binary at /usr/local/bin/`binary_name`; None for an image of packages only.
+    pub binary: Option<PathBuf>,
+    /// The file name under /usr/local/bin.
     pub binary_name: String,
+    /// The config's Entrypoint and Cmd (a service: its binary, no Cmd).
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    /// The config's StopSignal (PostgreSQL: SIGINT, its fast shutdown); None: SIGTERM.
+    pub stop_signal: Option<String>,
+    /// The Debian package set (of `deploy/debian.lock`) whose files the image carries whole.
+    pub debian_set: Option<String>,
+    /// Directories inside the image owned by the non-root user.
+    pub writable_dirs: Vec<String>,
     pub extra_files: Vec<ExtraFile>,
     pub ports: Vec<u16>,
     pub env: Vec<(String, String)>,
@@ -66,20 +76,19 @@ fn root_entry(source: EntrySource, mode: u32) -> LayerEntry {
     }
 }
 
-/// The system layer: the ELF closure (minus CUDA libraries), CA certificates, passwd, group, /tmp.
-pub fn system_layer(libraries: &[SharedLibrary], ca_bundle: &std::path::Path) -> LayerPlan {
+/// The system layer: the ELF closure (minus CUDA libraries, as ready entries), the CA bundle
+/// when the image has one, passwd, group, /tmp.
+pub fn system_layer(
+    libraries: Vec<(String, LayerEntry)>,
+    ca_bundle: Option<EntrySource>,
+) -> LayerPlan {
     let mut plan = LayerPlan::new("system");
-    for library in libraries {
-        let source = match &library.same_as {
-            Some(first) => EntrySource::Symlink(first.clone()),
-            None => EntrySource::HostFile(library.host_path.clone()),
-        };
-        plan.insert(&library.image_path, root_entry(source, 0o755));
+    for (path, entry) in libraries {
+        plan.insert(&path, entry);
     }
-    plan.insert(
-        CA_PATH,
-        root_entry(EntrySource::HostFile(ca_bundle.to_owned()), 0o644),
-    );
+    if let Some(ca_bundle) = ca_bundle {
+        plan.insert(CA_PATH, root_entry(ca_bundle, 0o644));
+    }
     let passwd = format!(
         "root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:{USER_ID}:{USER_ID}:nonroot:/home/nonroot:/sbin/nologin\n"
     );
@@ -93,25 +102,45 @@ pub fn system_layer(libraries: &[SharedLibrary], ca_bundle: &std::path::Path) ->
         root_entry(EntrySource::Bytes(group.into_bytes()), 0o644),
     );
     plan.insert("/tmp", root_entry(EntrySource::Directory, 0o1777));
-    plan.insert(
-        "/home/nonroot",
-        LayerEntry {
-            source: EntrySource::Directory,
-            mode: 0o755,
-            uid: USER_ID,
-            gid: USER_ID,
-        },
-    );
+    plan.insert("/home/nonroot", owned_directory());
     plan
 }
 
-/// The application layer: the binary and the extra files.
+/// The host libraries of `elf::closure` as layer entries (a file reached twice: a symlink).
+pub fn host_library_entries(libraries: &[SharedLibrary]) -> Vec<(String, LayerEntry)> {
+    libraries
+        .iter()
+        .map(|library| {
+            let source = match &library.same_as {
+                Some(first) => EntrySource::Symlink(first.clone()),
+                None => EntrySource::HostFile(library.host_path.clone()),
+            };
+            (library.image_path.clone(), root_entry(source, 0o755))
+        })
+        .collect()
+}
+
+fn owned_directory() -> LayerEntry {
+    LayerEntry {
+        source: EntrySource::Directory,
+        mode: 0o755,
+        uid: USER_ID,
+        gid: USER_ID,
+    }
+}
+
+/// The application layer: the binary, the extra files and the user's writable directories.
 pub fn app_layer(spec: &ImageSpec) -> LayerPlan {
     let mut plan = LayerPlan::new("app");
-    plan.insert(
-        &format!("{BIN_DIR}/{}", spec.binary_name),
-        root_entry(EntrySource::HostFile(spec.binary.clone()), 0o755),
-    );
+    if let Some(binary) = &spec.binary {
+        plan.insert(
+            &format!("{BIN_DIR}/{}", spec.binary_name),
+            root_entry(EntrySource::HostFile(binary.clone()), 0o755),
+        );
+    }
+    for dir in &spec.writable_dirs {
+        plan.insert(dir, owned_directory());
+    }
     for extra in &spec.extra_files {
         plan.insert(
             &extra.image_path,
@@ -123,10 +152,11 @@ pub fn app_layer(spec: &ImageSpec) -> LayerPlan {
 
 /// The environment of the config, sorted by name after PATH.
 pub fn environment(spec: &ImageSpec) -> Vec<String> {
-    let mut env: Vec<(String, String)> = vec![
-        ("PATH".into(), format!("{BIN_DIR}:/usr/bin:/bin")),
-        ("SSL_CERT_FILE".into(), CA_PATH.into()),
-    ];
+    let mut env: Vec<(String, String)> = vec![("PATH".into(), format!("{BIN_DIR}:/usr/bin:/bin"))];
+    // Images of Debian packages carry no CA bundle (nginx and PostgreSQL verify no peers).
+    if spec.debian_set.is_none() {
+        env.push(("SSL_CERT_FILE".into(), CA_PATH.into()));
+    }
     if spec.cuda.is_some() {
         env.extend(
             cuda::ENV
@@ -157,11 +187,17 @@ pub fn config(spec: &ImageSpec, created: &str, diff_ids: &[String]) -> Value {
     });
     let mut config = json!({
         "User": format!("{USER_ID}:{USER_ID}"),
-        "Entrypoint": [format!("{BIN_DIR}/{}", spec.binary_name)],
+        "Entrypoint": spec.entrypoint,
         "Env": environment(spec),
         "WorkingDir": "/",
         "Labels": labels,
     });
+    if !spec.cmd.is_empty() {
+        config["Cmd"] = json!(spec.cmd);
+    }
+    if let Some(signal) = &spec.stop_signal {
+        config["StopSignal"] = json!(signal);
+    }
     if !ports.is_empty() {
         config["ExposedPorts"] = Value::Object(ports);
     }
@@ -181,8 +217,13 @@ mod tests {
     fn spec() -> ImageSpec {
         ImageSpec {
             name: "gateway".into(),
-            binary: "/bin/true".into(),
+            binary: Some("/bin/true".into()),
             binary_name: "gateway".into(),
+            entrypoint: vec!["/usr/local/bin/gateway".into()],
+            cmd: vec![],
+            stop_signal: None,
+            debian_set: None,
+            writable_dirs: vec![],
             extra_files: vec![],
             ports: vec![8080],
             env: vec![("RUST_LOG".into(), "info".into())],
@@ -231,10 +272,27 @@ mod tests {
     }
 
     #[test]
+    fn writable_directories_belong_to_the_nonroot_user() {
+        let mut garage_like = spec();
+        garage_like.writable_dirs =
+            vec!["/var/lib/garage/data".into(), "/var/lib/garage/meta".into()];
+        let plan = app_layer(&garage_like);
+        for dir in ["var/lib/garage/data", "var/lib/garage/meta"] {
+            assert_eq!(
+                (plan.entries[dir].uid, plan.entries[dir].gid),
+                (USER_ID, USER_ID)
+            );
+        }
+        assert_eq!(plan.entries["var/lib/garage"].uid, 0, "parents stay root's");
+    }
+
+    #[test]
     fn system_layer_has_a_sticky_tmp_and_the_nonroot_user() {
         let plan = system_layer(
-            &[],
-            std::path::Path::new("/etc/ssl/certs/ca-certificates.crt"),
+            Vec::new(),
+            Some(EntrySource::HostFile(
+                "/etc/ssl/certs/ca-certificates.crt".into(),
+            )),
         );
         assert_eq!(plan.entries["tmp"].mode, 0o1777);
         let EntrySource::Bytes(passwd) = &plan.entries["etc/passwd"].source else {

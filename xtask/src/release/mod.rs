@@ -67,13 +67,11 @@ pub struct ReleaseArgs {
     /// How the binaries are built (default: nix when it works here, else cargo).
     #[arg(long, value_enum)]
     backend: Option<Backend>,
-    /// The CA bundle the images carry at /etc/ssl/certs/ca-certificates.crt.
-    #[arg(
-        long,
-        value_name = "PEM",
-        default_value = "/etc/ssl/certs/ca-certificates.crt"
-    )]
-    ca_bundle: PathBuf,
+    /// A CA bundle for /etc/ssl/certs/ca-certificates.crt; with it the system layer of cairn's
+    /// own images comes from this machine's libraries instead of the pinned Debian packages
+    /// (deploy/debian.lock), which is the default.
+    #[arg(long, value_name = "PEM")]
+    ca_bundle: Option<PathBuf>,
 }
 
 pub fn run(args: &ReleaseArgs) -> Result<()> {
@@ -209,6 +207,7 @@ fn image_args(root: &Path, names: &[String], layout: &Path, args: &ReleaseArgs) 
         cuda_groups: ["cudart", "cublas", "curand", "nvrtc"]
             .map(str::to_owned)
             .to_vec(),
+        // None: the system layer comes from the pinned Debian packages (deploy/debian.lock).
         ca_bundle: args.ca_bundle.clone(),
         // One cache for every release, outside the bundle: an unchanged release packs nothing.
         cache_dir: Some(root.join("target").join("oci-cache")),
@@ -317,18 +316,39 @@ fn write_sbom(
         .iter()
         .find(|i| i.name == spec.name)
         .with_context(|| format!("image {} is not in the catalog", spec.name))?;
-    let features: Vec<String> = entry.features.iter().map(|f| (*f).to_owned()).collect();
-    let crates = sbom::crates(root, entry.package, &features)
-        .with_context(|| format!("listing the crates of {}", spec.name))?;
-    let extra: Vec<PathBuf> = spec.cuda.iter().map(|c| c.dir.clone()).collect();
-    let libraries: Vec<sbom::Library> = elf::closure(&spec.binary, &extra)?
-        .into_iter()
-        .map(|library| sbom::Library {
-            debian: sbom::debian_package(&library.host_path),
-            image_path: library.image_path,
+    let crates = match entry.workspace_binary() {
+        Some((package, features)) => {
+            let features: Vec<String> = features.iter().map(|f| (*f).to_owned()).collect();
+            sbom::crates(root, package, &features)
+                .with_context(|| format!("listing the crates of {}", spec.name))?
+        }
+        None => Vec::new(),
+    };
+    let packages: Vec<sbom::Package> = result
+        .debian_packages
+        .iter()
+        .map(|p| sbom::Package {
+            name: p.package.clone(),
+            version: p.version.clone(),
         })
         .collect();
-    let mut document = sbom::document(&spec.name, &result.digest, &crates, &libraries);
+    // A host system layer (the Nix backend, a GPU image's CUDA closure): its files, with dpkg's
+    // word on them where it knows them.
+    let libraries: Vec<sbom::Library> =
+        match (&spec.binary, packages.is_empty() || spec.cuda.is_some()) {
+            (Some(binary), true) => {
+                let extra: Vec<PathBuf> = spec.cuda.iter().map(|c| c.dir.clone()).collect();
+                elf::closure(binary, &extra)?
+                    .into_iter()
+                    .map(|library| sbom::Library {
+                        debian: sbom::debian_package(&library.host_path),
+                        image_path: library.image_path,
+                    })
+                    .collect()
+            }
+            _ => Vec::new(),
+        };
+    let mut document = sbom::document(&spec.name, &result.digest, &crates, &packages, &libraries);
     sbom::add_wheels(&mut document, wheels);
     let relative = format!("sbom/{}.cdx.json", spec.name);
     let path = bundle.join(&relative);
@@ -344,8 +364,8 @@ fn write_sbom(
 /// compiler (none yet) are left out; several Rust versions are all named.
 fn toolchain(images: &[image::plan::ImageSpec]) -> Result<String> {
     let mut versions = std::collections::BTreeSet::new();
-    for spec in images {
-        if let Some(version) = elf::rustc_version(&spec.binary)? {
+    for binary in images.iter().filter_map(|spec| spec.binary.as_ref()) {
+        if let Some(version) = elf::rustc_version(binary)? {
             versions.insert(version);
         }
     }

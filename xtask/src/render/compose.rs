@@ -219,7 +219,9 @@ fn volumes(topology: &Topology, name: &str, service: &Service) -> Vec<String> {
         volumes.push(mount("./nginx/nginx.conf", "/etc/nginx/nginx.conf", true));
         volumes.push(mount("./nginx/snippets", "/etc/nginx/snippets", true));
         volumes.push(mount(&site.certificates_dir, NGINX_CERTS, true));
-        volumes.push(mount(&site.spa_root, NGINX_SPA_ROOT, true));
+        if let Some(spa_root) = &site.spa_root {
+            volumes.push(mount(spa_root, NGINX_SPA_ROOT, true));
+        }
     }
     volumes
 }

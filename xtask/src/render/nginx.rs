@@ -82,11 +82,13 @@ fn render_with(site: &Site, upstream_port: u16, variant: Variant, local: &LocalS
     text
 }
 
-/// Where nginx keeps its pid and temporary files: /tmp in the container (the root file system is
-/// read-only), the `-p` prefix for the local variant.
+/// Where nginx keeps its pid and temporary files: in the container /var/cache/nginx, which the
+/// image's non-root user owns, on a named volume (the root file system is read-only, and a large
+/// upload buffered on a memory tmpfs would count against the container's memory); the `-p`
+/// prefix for the local variant.
 fn state_dir(variant: Variant) -> &'static str {
     match variant {
-        Variant::Tls => "/tmp/",
+        Variant::Tls => "/var/cache/nginx/",
         Variant::Local => "",
     }
 }

@@ -138,14 +138,11 @@ fn image_pins_come_from_the_built_map() {
         .map(|name| (name.to_owned(), format!("r.example/{name}@sha256:{digest}")))
         .collect();
     let err = ImagePins::from_map(&topology, &built).expect_err("inference-cuda missing");
-    expect![[
-        r#"image "inference-cuda" was not built: it is missing from the map (has: api, gateway)"#
-    ]]
-    .assert_eq(&err.to_string());
-    built.insert(
-        "inference-cuda".into(),
-        format!("r.example/inference-cuda@sha256:{digest}"),
-    );
+    expect![[r#"image "garage" was not built: it is missing from the map (has: api, gateway)"#]]
+        .assert_eq(&err.to_string());
+    for name in ["garage", "inference-cuda", "nginx", "postgres"] {
+        built.insert(name.into(), format!("r.example/{name}@sha256:{digest}"));
+    }
     let pins = ImagePins::from_map(&topology, &built).expect("complete map");
     assert_eq!(pins.reference("inference"), built["inference-cuda"]);
     assert_eq!(pins.origin(), PinOrigin::Registry);

@@ -35,8 +35,10 @@ pub struct Site {
     /// File names inside `certificates_dir`.
     pub certificate: String,
     pub certificate_key: String,
-    /// Host directory with the built single-page app, mounted read-only into nginx.
-    pub spa_root: String,
+    /// Host directory with a single-page app mounted read-only over the site built into the
+    /// nginx image; left out, nginx serves the image's own site (the workspace's `web/`).
+    #[serde(default)]
+    pub spa_root: Option<String>,
     /// Largest request body, in MiB; every service with `body_limit_env` gets the same limit.
     pub body_limit_mib: u32,
     /// Ports nginx listens on inside its container (non-root: above 1024).

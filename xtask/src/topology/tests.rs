@@ -30,7 +30,7 @@ fn an_unknown_key_is_named_with_its_line() {
     assert_error(
         &edited("memory = \"64m\"\n", "memory = \"64m\"\ngpus = 1\n"),
         expect![
-            "deploy/topology.toml line 111: unknown field `gpus`, expected one of `server`, `image`, `command`, `port`, `publish`, `user`, `memory`, `replicas`, `health`, `depends_on`, `networks`, `env`, `secrets`, `links`, `volumes`, `tmpfs`, `gpu`, `body_limit_env`"
+            "deploy/topology.toml line 112: unknown field `gpus`, expected one of `server`, `image`, `command`, `port`, `publish`, `user`, `memory`, `replicas`, `health`, `depends_on`, `networks`, `env`, `secrets`, `links`, `volumes`, `tmpfs`, `gpu`, `body_limit_env`"
         ],
     );
 }
@@ -40,7 +40,7 @@ fn a_syntax_error_is_located() {
     assert_error(
         &edited("memory = \"64m\"\n", "memory = 64m\n"),
         expect![
-            "deploy/topology.toml line 110: string values must be quoted, expected literal string"
+            "deploy/topology.toml line 111: string values must be quoted, expected literal string"
         ],
     );
 }
@@ -53,7 +53,7 @@ fn a_secret_that_is_not_declared_is_missing() {
             "secrets = [\"GARAGE_RPC_SECRET\", \"GARAGE_ADMIN_TOKN\"]",
         ),
         expect![[
-            r#"deploy/topology.toml line 177: services.garage.secrets: secret "GARAGE_ADMIN_TOKN" is not declared under [secrets]"#
+            r#"deploy/topology.toml line 178: services.garage.secrets: secret "GARAGE_ADMIN_TOKN" is not declared under [secrets]"#
         ]],
     );
 }
@@ -66,7 +66,7 @@ fn an_env_value_needs_the_secret_it_refers_to() {
             "GATEWAY_LISTEN = \"0.0.0.0:8080\"\nDATABASE_URL = \"postgres://u:${POSTGRES_PASSWORD}@db/x\"",
         ),
         expect![[
-            r#"deploy/topology.toml line 121: services.gateway.env.DATABASE_URL: refers to secret "POSTGRES_PASSWORD", which the service does not list in `secrets`"#
+            r#"deploy/topology.toml line 122: services.gateway.env.DATABASE_URL: refers to secret "POSTGRES_PASSWORD", which the service does not list in `secrets`"#
         ]],
     );
 }
@@ -79,7 +79,7 @@ fn two_services_publishing_one_host_port_clash() {
             "  { host = 443, container = 8443 },\n  { host = 80, container = 8081 },",
         ),
         expect![[
-            r#"deploy/topology.toml line 99: services.nginx.publish: host port 80 on server "a" is already published by service "nginx""#
+            r#"deploy/topology.toml line 98: services.nginx.publish: host port 80 on server "a" is already published by service "nginx""#
         ]],
     );
 }
@@ -92,7 +92,7 @@ fn a_gpu_on_a_server_without_one_is_refused() {
             "[services.inference]\nserver = \"a\"",
         ),
         expect![[
-            r#"deploy/topology.toml line 196: services.inference.gpu: server "a" has no GPU (gpus = 0)"#
+            r#"deploy/topology.toml line 197: services.inference.gpu: server "a" has no GPU (gpus = 0)"#
         ]],
     );
 }
@@ -101,11 +101,11 @@ fn a_gpu_on_a_server_without_one_is_refused() {
 fn a_depends_on_cycle_is_shown_as_a_path() {
     assert_error(
         &edited(
-            "networks = [\"data\"]\ntmpfs = [\"/tmp\", \"/var/run/postgresql",
-            "networks = [\"data\"]\ndepends_on = [\"api\"]\ntmpfs = [\"/tmp\", \"/var/run/postgresql",
+            "networks = [\"data\"]\ntmpfs = [\"/tmp\"]\nsecrets = [\"POSTGRES_PASSWORD\"]",
+            "networks = [\"data\"]\ndepends_on = [\"api\"]\ntmpfs = [\"/tmp\"]\nsecrets = [\"POSTGRES_PASSWORD\"]",
         ),
         expect![
-            "deploy/topology.toml line 160: services.postgres.depends_on: cycle api -> postgres -> api"
+            "deploy/topology.toml line 161: services.postgres.depends_on: cycle api -> postgres -> api"
         ],
     );
 }
@@ -115,7 +115,7 @@ fn an_image_no_build_produces_is_refused() {
     assert_error(
         &edited("build = \"api\"", "build = \"api-debug\""),
         expect![[
-            r#"deploy/topology.toml line 73: images.api.build: no cairn build produces an image named "api-debug" (built: gateway, api, inference, inference-cuda)"#
+            r#"deploy/topology.toml line 80: images.api.build: no cairn build produces an image named "api-debug" (built: gateway, api, inference, inference-cuda, postgres, nginx, garage)"#
         ]],
     );
 }
@@ -125,7 +125,7 @@ fn a_service_image_must_be_declared() {
     assert_error(
         &edited("image = \"gateway\"", "image = \"gateway-next\""),
         expect![[
-            r#"deploy/topology.toml line 107: services.gateway.image: no image "gateway-next" is declared under [images] (declared: api, garage, gateway, inference, nginx, postgres)"#
+            r#"deploy/topology.toml line 108: services.gateway.image: no image "gateway-next" is declared under [images] (declared: api, garage, gateway, inference, nginx, postgres)"#
         ]],
     );
 }
@@ -134,11 +134,11 @@ fn a_service_image_must_be_declared() {
 fn a_third_party_image_must_be_pinned_by_digest() {
     assert_error(
         &edited(
-            "postgres:16-alpine@sha256:57c72fd2a128e416c7fcc499958864df5301e940bca0a56f58fddf30ffc07777",
-            "postgres:16-alpine",
+            "[images.garage]\nbuild = \"garage\"",
+            "[images.garage]\nreference = \"docker.io/dxflrs/garage:v2.1.0\"",
         ),
         expect![[
-            r#"deploy/topology.toml line 86: images.postgres.reference: "docker.io/library/postgres:16-alpine" must be pinned by tag and digest (name:tag@sha256:<64 hex>; `cargo xtask pin` writes it)"#
+            r#"deploy/topology.toml line 88: images.garage.reference: "docker.io/dxflrs/garage:v2.1.0" must be pinned by tag and digest (name:tag@sha256:<64 hex>; `cargo xtask pin` writes it)"#
         ]],
     );
 }
@@ -147,13 +147,13 @@ fn a_third_party_image_must_be_pinned_by_digest() {
 fn a_placeholder_digest_is_refused_with_its_line() {
     let placeholder = "sha256:cac842e54bc1b123a7e8a8b16222c47a033eb1b8d43ee39b9c9f6963d9f2b8a7";
     let source = edited(
-        "postgres:16-alpine@sha256:57c72fd2a128e416c7fcc499958864df5301e940bca0a56f58fddf30ffc07777",
-        &format!("postgres:16-alpine@{placeholder}"),
+        "[images.garage]\nbuild = \"garage\"",
+        &format!("[images.garage]\nreference = \"docker.io/dxflrs/garage:v1.1.0@{placeholder}\""),
     );
     let err = parse("deploy/topology.toml", &source).expect_err("placeholder refused");
-    assert_eq!(err.line, Some(80), "{err}");
+    assert_eq!(err.line, Some(88), "{err}");
     let message = err.to_string();
-    assert!(message.contains("images.postgres.reference"), "{message}");
+    assert!(message.contains("images.garage.reference"), "{message}");
     assert!(message.contains("placeholder digest"), "{message}");
 }
 
@@ -178,9 +178,12 @@ fn placeholder_digests_are_recognised() {
 #[test]
 fn root_is_refused() {
     assert_error(
-        &edited("user = \"70:70\"", "user = \"0:0\""),
+        &edited(
+            "user = \"65532:65532\"\nmemory = \"512m\"",
+            "user = \"0:0\"\nmemory = \"512m\"",
+        ),
         expect![[
-            r#"deploy/topology.toml line 157: services.postgres.user: services must run as a non-root user, not "0:0""#
+            r#"deploy/topology.toml line 158: services.postgres.user: services must run as a non-root user, not "0:0""#
         ]],
     );
 }
@@ -193,7 +196,7 @@ fn a_link_across_servers_needs_a_published_port() {
             "",
         ),
         expect![[
-            r#"deploy/topology.toml line 117: services.gateway.links.GATEWAY_INFERENCE_UPSTREAMS: service "inference" runs on server "b" but publishes no host port for its port, so server "a" cannot reach it"#
+            r#"deploy/topology.toml line 118: services.gateway.links.GATEWAY_INFERENCE_UPSTREAMS: service "inference" runs on server "b" but publishes no host port for its port, so server "a" cannot reach it"#
         ]],
     );
 }

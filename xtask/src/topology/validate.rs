@@ -12,7 +12,15 @@ use sha2::{Digest as _, Sha256};
 use super::model::{Image, Service, Topology};
 
 /// The images `cargo xtask image` builds (their names in the OCI layout).
-pub const BUILT_IMAGES: &[&str] = &["gateway", "api", "inference", "inference-cuda"];
+pub const BUILT_IMAGES: &[&str] = &[
+    "gateway",
+    "api",
+    "inference",
+    "inference-cuda",
+    "postgres",
+    "nginx",
+    "garage",
+];
 
 /// A broken rule: what is wrong, and where in the file.
 #[derive(Debug)]
