@@ -64,6 +64,14 @@ pub struct ServeConfig {
     /// Requests that may wait for a worker; one more is refused with 429.
     #[arg(long, env = "MAX_QUEUE", default_value = "64", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_queue: u64,
+    /// Seconds a streaming client may read nothing while its buffer is full before its request
+    /// is cancelled, so that a client that stops reading never holds the model for others.
+    #[arg(long, env = "STALLED_STREAM_TIMEOUT", default_value = "30", value_parser = clap::value_parser!(u64).range(1..))]
+    pub stalled_stream_timeout: u64,
+    /// Bytes of message text accepted before tokenizing (400 beyond); default MAX_MODEL_LEN x 16,
+    /// far more than a prompt that fits the context can hold.
+    #[arg(long, env = "MAX_PROMPT_BYTES", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_prompt_bytes: Option<u64>,
     /// Worker threads, each serving one request at a time with a weight-sharing model clone.
     #[arg(long, env = "WORKERS", default_value = "1", value_parser = clap::value_parser!(u64).range(1..=64))]
     pub workers: u64,
@@ -104,6 +112,12 @@ impl ServeConfig {
             Some(requested) => Ok(requested),
             None => Ok(limit),
         }
+    }
+
+    /// The prompt-text limit for a context of `max_model_len` tokens.
+    pub fn max_prompt_bytes(&self, max_model_len: usize) -> usize {
+        self.max_prompt_bytes
+            .map_or(max_model_len.saturating_mul(16), |bytes| bytes as usize)
     }
 
     pub fn candle_device(&self) -> Result<candle_core::Device, ConfigError> {

@@ -8,7 +8,7 @@
 
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use candle_core::{Device, Tensor};
 use candle_transformers::generation::{LogitsProcessor, Sampling};
@@ -54,6 +54,8 @@ pub struct EngineOptions {
     pub max_queue: usize,
     /// Pieces of text buffered between a worker and a slow client before the worker waits.
     pub event_buffer: usize,
+    /// How long a worker waits for a client that reads nothing before cancelling its request.
+    pub stalled_stream_timeout: Duration,
 }
 
 struct Job {
@@ -68,6 +70,7 @@ struct Shared {
     eos_ids: Vec<u32>,
     device: Device,
     jobs: Mutex<Receiver<Job>>,
+    stalled_stream_timeout: Duration,
 }
 
 #[derive(Clone)]
@@ -91,6 +94,7 @@ impl Engine {
             eos_ids,
             device,
             jobs: Mutex::new(receiver),
+            stalled_stream_timeout: options.stalled_stream_timeout,
         });
         for index in 0..options.workers.max(1) {
             let shared = shared.clone();
@@ -156,7 +160,11 @@ fn serve(shared: &Shared, model: &mut ModelForCausalLM, job: &Job) {
             let usage = Usage::new(prompt_tokens as u64, generated as u64);
             metrics::request_finished(reason_label(reason));
             metrics::e2e_latency(job.arrived.elapsed());
-            let _ = job.events.blocking_send(Event::Finished { reason, usage });
+            deliver(
+                &job.events,
+                Event::Finished { reason, usage },
+                shared.stalled_stream_timeout,
+            );
         }
         Ok(Outcome::Cancelled) => {
             metrics::request_finished("abort");
@@ -165,7 +173,11 @@ fn serve(shared: &Shared, model: &mut ModelForCausalLM, job: &Job) {
         Err(error) => {
             tracing::error!(%error, "generation failed");
             metrics::request_finished("error");
-            let _ = job.events.blocking_send(Event::Failed(error.to_string()));
+            deliver(
+                &job.events,
+                Event::Failed(error.to_string()),
+                shared.stalled_stream_timeout,
+            );
         }
     }
 }
@@ -198,6 +210,7 @@ struct TextSink<'a> {
     decoder: IncrementalDecoder,
     stops: StopMatcher,
     events: &'a mpsc::Sender<Event>,
+    stalled_stream_timeout: Duration,
 }
 
 /// What the sink decided about a token.
@@ -237,9 +250,31 @@ impl TextSink<'_> {
         if text.is_empty() {
             return SinkOutcome::Continue;
         }
-        match self.events.blocking_send(Event::Text(text)) {
-            Ok(()) => SinkOutcome::Continue,
-            Err(_) => SinkOutcome::Cancelled,
+        if deliver(self.events, Event::Text(text), self.stalled_stream_timeout) {
+            SinkOutcome::Continue
+        } else {
+            SinkOutcome::Cancelled
+        }
+    }
+}
+
+/// Sends `event` into the request's bounded buffer, waiting at most `timeout` for room: a client
+/// that reads nothing for that long loses its request (false), so it cannot hold the worker.
+fn deliver(events: &mpsc::Sender<Event>, event: Event, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    let mut event = event;
+    loop {
+        match events.try_send(event) {
+            Ok(()) => return true,
+            Err(mpsc::error::TrySendError::Closed(_)) => return false,
+            Err(mpsc::error::TrySendError::Full(back)) => {
+                if Instant::now() >= deadline {
+                    tracing::info!("the client read nothing for {timeout:?}; cancelling");
+                    return false;
+                }
+                event = back;
+                std::thread::sleep(Duration::from_millis(5));
+            }
         }
     }
 }
@@ -256,6 +291,7 @@ fn generate(
         decoder: IncrementalDecoder::new(shared.tokenizer.clone()),
         stops: StopMatcher::new(request.stops.clone()),
         events: &job.events,
+        stalled_stream_timeout: shared.stalled_stream_timeout,
     };
     let mut input = request.prompt_ids.clone();
     let mut position = 0;

@@ -21,6 +21,7 @@ use std::process::ExitCode;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use clap::{Parser, Subcommand};
 use tokio::sync::watch;
 
@@ -28,6 +29,9 @@ use crate::completion::ServedModel;
 use crate::config::ServeConfig;
 use crate::engine::{Engine, EngineOptions};
 use crate::server::{AppState, Ready};
+
+/// The kernel send buffer of each connection (Linux doubles it).
+const SEND_BUFFER_BYTES: usize = 64 * 1024;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -113,6 +117,14 @@ async fn run(config: ServeConfig) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding INFERENCE_LISTEN={}", config.listen))?;
+    // A small kernel send buffer per connection: a client that stops reading fills it (and its
+    // stream's bounded event buffer) quickly, so the engine notices and cancels it, and idle
+    // streams cannot pin megabytes of kernel memory each.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(error) = socket2::SockRef::from(&*tcp).set_send_buffer_size(SEND_BUFFER_BYTES) {
+            tracing::warn!(%error, "cannot bound a connection's send buffer");
+        }
+    });
     let (stop_streams, shutdown) = watch::channel(false);
     let state = AppState {
         ready: Arc::new(OnceLock::new()),
@@ -155,6 +167,7 @@ fn load(
         workers: config.workers as usize,
         max_queue: config.max_queue as usize,
         event_buffer: 64,
+        stalled_stream_timeout: Duration::from_secs(config.stalled_stream_timeout),
     };
     let engine = Engine::start(
         checkpoint.model,
@@ -163,13 +176,14 @@ fn load(
         device,
         &options,
     )?;
-    let model = ServedModel {
-        name: config.served_model_name.clone(),
-        tokenizer: checkpoint.tokenizer,
-        template: checkpoint.template,
-        defaults: checkpoint.defaults,
+    let model = ServedModel::new(
+        config.served_model_name.clone(),
+        checkpoint.tokenizer,
+        checkpoint.template,
+        checkpoint.defaults,
         max_model_len,
-    };
+        config.max_prompt_bytes(max_model_len),
+    );
     let _ = ready.set(Ready { engine, model });
     tracing::info!(
         seconds = started.elapsed().as_secs_f64(),

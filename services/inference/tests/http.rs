@@ -642,3 +642,55 @@ async fn two_workers_serve_two_requests_at_once() {
     assert_eq!(content(&a), content(&alone));
     assert_eq!(content(&b), content(&alone));
 }
+
+/// #17: a client that sends a streaming request and then never reads must not hold the engine:
+/// with one sequence slot (`WORKERS=1`), another request still completes within a bound, because
+/// the silent stream's bounded buffer fills and, stalled past `STALLED_STREAM_TIMEOUT`, it is
+/// cancelled.
+#[tokio::test]
+async fn a_client_that_never_reads_cannot_stall_other_requests() {
+    let server = Server::start(&[("WORKERS", "1"), ("STALLED_STREAM_TIMEOUT", "1")]).await;
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .set_recv_buffer_size(4096)
+        .expect("small receive buffer");
+    let mut silent = socket
+        .connect(([127, 0, 0, 1], server.port).into())
+        .await
+        .expect("connect");
+    let body = chat(
+        "Go on",
+        json!({"max_tokens": 4000, "ignore_eos": true, "stream": true}),
+    )
+    .to_string();
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut silent, request.as_bytes())
+        .await
+        .expect("send the request, then never read");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while sample(&server.metrics().await, "vllm:num_requests_running", MODEL) != 1.0 {
+        assert!(std::time::Instant::now() < deadline, "never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let started = std::time::Instant::now();
+    let other = tokio::time::timeout(
+        Duration::from_secs(20),
+        server.complete(&chat("Hi", json!({"max_tokens": 4, "ignore_eos": true}))),
+    )
+    .await;
+    assert!(
+        other.is_ok(),
+        "another request waited {:?} behind a client that never reads",
+        started.elapsed()
+    );
+    let metrics = server.metrics().await;
+    assert_eq!(
+        sample(&metrics, "vllm:request_success_total", "abort"),
+        1.0,
+        "the silent stream was cancelled: {metrics}"
+    );
+    drop(silent);
+}
