@@ -9,7 +9,9 @@ mod config;
 mod detokenize;
 mod engine;
 mod error;
+mod kv_cache;
 mod metrics;
+mod model;
 mod openai;
 mod server;
 mod stop;
@@ -163,17 +165,29 @@ fn load(
     let dtype = config.dtype.resolve(config.device);
     let checkpoint = checkpoint::load(model_dir, &device, dtype)?;
     let max_model_len = config.max_model_len(checkpoint.max_position_embeddings)?;
+    let bytes_per_token = checkpoint.model.shape().kv_bytes_per_token(dtype);
+    let sizing = config.batch_sizing(bytes_per_token, max_model_len)?;
     let options = EngineOptions {
-        workers: config.workers as usize,
+        max_num_seqs: sizing.max_num_seqs,
+        max_num_batched_tokens: sizing.max_num_batched_tokens,
         max_queue: config.max_queue as usize,
         event_buffer: 64,
         stalled_stream_timeout: Duration::from_secs(config.stalled_stream_timeout),
+        num_blocks: sizing.num_blocks,
+        block_size: sizing.block_size,
     };
+    tracing::info!(
+        max_num_seqs = sizing.max_num_seqs,
+        max_num_batched_tokens = sizing.max_num_batched_tokens,
+        kv_blocks = sizing.num_blocks,
+        kv_tokens = sizing.num_blocks * sizing.block_size,
+        kv_bytes = sizing.num_blocks * sizing.block_size * bytes_per_token,
+        "allocating the KV cache"
+    );
     let engine = Engine::start(
         checkpoint.model,
         checkpoint.tokenizer.clone(),
         checkpoint.eos_ids,
-        device,
         &options,
     )?;
     let model = ServedModel::new(
