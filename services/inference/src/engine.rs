@@ -15,10 +15,11 @@
 //! It speaks in token ids, text pieces and finish reasons; it must never know about HTTP or
 //! OpenAI's JSON.
 
+use std::cmp::Reverse;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::time::{Duration, Instant};
 
 use candle_transformers::generation::{LogitsProcessor, Sampling};
@@ -327,10 +328,7 @@ impl Batcher {
             }
         } else if idle {
             // Work exists but none could run (every stream stalled): wait a little.
-            match self.jobs.recv_timeout(Duration::from_millis(5)) {
-                Ok(job) => Some(job),
-                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => None,
-            }
+            self.jobs.recv_timeout(Duration::from_millis(5)).ok()
         } else {
             None
         };
@@ -509,7 +507,7 @@ impl Batcher {
             Err(error) => {
                 tracing::error!(%error, "the batched forward pass failed");
                 let mut indices: Vec<usize> = plan.iter().map(|&(index, _)| index).collect();
-                indices.sort_unstable_by(|a, b| b.cmp(a));
+                indices.sort_unstable_by_key(|&index| Reverse(index));
                 for index in indices {
                     self.end(index, Ending::Failed(format!("model: {error}")));
                 }
@@ -541,7 +539,7 @@ impl Batcher {
                 Err(message) => endings.push((index, Ending::Failed(message))),
             }
         }
-        endings.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        endings.sort_unstable_by_key(|(index, _)| Reverse(*index));
         for (index, ending) in endings {
             self.end(index, ending);
         }

@@ -49,6 +49,8 @@ struct Cli {
     serve: ServeConfig,
 }
 
+// `Serve` is the large variant; the command line is parsed once, so its size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Load the model and serve the API (the default).

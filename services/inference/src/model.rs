@@ -431,7 +431,7 @@ mod tests {
             KvCache::new(&ours.shape(), 40, block_size, DType::F32, &Device::Cpu).expect("cache");
         let mut allocator = BlockAllocator::new(40, block_size);
         // Interleave allocations so that no sequence's blocks are contiguous.
-        let mut tables = vec![Vec::new(), Vec::new(), Vec::new()];
+        let mut tables = [Vec::new(), Vec::new(), Vec::new()];
         for tokens in (block_size..=60).step_by(block_size) {
             for (table, prompt) in tables.iter_mut().zip(&prompts) {
                 if tokens <= prompt.len() + 4 {
