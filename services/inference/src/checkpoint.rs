@@ -17,6 +17,7 @@ use serde_json::Value;
 use tokenizers::Tokenizer;
 
 use crate::chat_template::ChatTemplate;
+use crate::model::Qwen2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -48,7 +49,7 @@ pub struct SamplingDefaults {
 
 /// Everything a loaded model directory provides.
 pub struct Checkpoint {
-    pub model: qwen2::ModelForCausalLM,
+    pub model: Qwen2,
     pub tokenizer: Arc<Tokenizer>,
     pub template: ChatTemplate,
     pub eos_ids: Vec<u32>,
@@ -84,11 +85,10 @@ pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<Checkpoint, Loa
     };
     let eos_ids = eos_ids(&config_value, &generation, &tokenizer_config, &tokenizer);
     let builder = load_weights(dir, device, dtype)?;
-    let model =
-        qwen2::ModelForCausalLM::new(&config, builder).map_err(|source| LoadError::Weights {
-            path: dir.to_owned(),
-            source,
-        })?;
+    let model = Qwen2::load(&config, builder).map_err(|source| LoadError::Weights {
+        path: dir.to_owned(),
+        source,
+    })?;
     Ok(Checkpoint {
         model,
         tokenizer: Arc::new(tokenizer),

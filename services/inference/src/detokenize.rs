@@ -3,11 +3,21 @@
 //! spacing a whole-sequence decode would give.
 //!
 //! It decodes a short window of recent tokens twice and emits the difference, as vLLM and TGI
-//! do. It must never know about stop strings, sampling or the wire format.
+//! do. The window is bounded: tokens that decode to nothing (special tokens) or never complete a
+//! character are given up after [`MAX_PENDING`] of them, so a stream of them costs constant time
+//! per token. It must never know about stop strings, sampling or the wire format.
 
 use std::sync::Arc;
 
 use tokenizers::Tokenizer;
+
+/// Tokens held back while they decode to nothing or to an unfinished character. A UTF-8
+/// character spans at most four byte-level tokens, so more than this never completes one.
+const MAX_PENDING: usize = 4;
+
+/// Most ids a push decodes: the context of the last emitted piece plus the pending ones.
+#[cfg(test)]
+const MAX_WINDOW: usize = 2 * MAX_PENDING;
 
 pub struct IncrementalDecoder {
     tokenizer: Arc<Tokenizer>,
@@ -33,13 +43,22 @@ impl IncrementalDecoder {
         self.ids.push(id);
         let prefix = self.decode(self.prefix_offset, self.read_offset)?;
         let full = self.decode(self.prefix_offset, self.ids.len())?;
-        if full.len() > prefix.len() && !full.ends_with('\u{FFFD}') {
+        let complete = full.len() > prefix.len() && !full.ends_with('\u{FFFD}');
+        if complete || self.ids.len() - self.read_offset >= MAX_PENDING {
             let added = full.get(prefix.len()..).unwrap_or_default().to_owned();
-            self.prefix_offset = self.read_offset;
-            self.read_offset = self.ids.len();
+            self.advance();
             return Ok(added);
         }
         Ok(String::new())
+    }
+
+    /// Marks everything pushed as emitted and forgets ids before the new window.
+    fn advance(&mut self) {
+        self.prefix_offset = self.read_offset;
+        self.read_offset = self.ids.len();
+        self.ids.drain(..self.prefix_offset);
+        self.read_offset -= self.prefix_offset;
+        self.prefix_offset = 0;
     }
 
     /// The text of tokens still held back (an unfinished character), at the end of generation.
@@ -49,6 +68,11 @@ impl IncrementalDecoder {
         self.prefix_offset = self.ids.len();
         self.read_offset = self.ids.len();
         Ok(full.get(prefix.len()..).unwrap_or_default().to_owned())
+    }
+
+    #[cfg(test)]
+    fn held_ids(&self) -> usize {
+        self.ids.len() - self.prefix_offset
     }
 
     fn decode(&self, start: usize, end: usize) -> Result<String, tokenizers::Error> {
@@ -92,6 +116,36 @@ mod tests {
         let (pieces, joined) = decode_one_by_one(&tokenizer, &ids);
         assert_eq!(joined, text);
         assert!(pieces.iter().all(|piece| !piece.contains('\u{FFFD}')));
+    }
+
+    /// Tokens that decode to nothing (special tokens, skipped) must not grow the window that
+    /// every push decodes: a stream of them would make each push slower and hold every id.
+    #[test]
+    fn tokens_that_decode_to_nothing_keep_the_window_bounded() {
+        let tokenizer = tokenizer();
+        let silent = tokenizer
+            .token_to_id("<|endoftext|>")
+            .expect("special token");
+        let mut decoder = IncrementalDecoder::new(tokenizer.clone());
+        for _ in 0..1000 {
+            assert_eq!(decoder.push(silent).expect("decodes"), "");
+            assert!(
+                decoder.held_ids() <= MAX_WINDOW,
+                "window grew to {} ids",
+                decoder.held_ids()
+            );
+        }
+        let ids = tokenizer
+            .encode("still 世界", false)
+            .expect("encodes")
+            .get_ids()
+            .to_vec();
+        let mut text: String = ids
+            .iter()
+            .map(|&id| decoder.push(id).expect("decodes"))
+            .collect();
+        text.push_str(&decoder.flush().expect("flushes"));
+        assert_eq!(text, "still 世界");
     }
 
     #[test]

@@ -9,7 +9,9 @@ mod config;
 mod detokenize;
 mod engine;
 mod error;
+mod kv_cache;
 mod metrics;
+mod model;
 mod openai;
 mod server;
 mod stop;
@@ -21,6 +23,7 @@ use std::process::ExitCode;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use clap::{Parser, Subcommand};
 use tokio::sync::watch;
 
@@ -28,6 +31,9 @@ use crate::completion::ServedModel;
 use crate::config::ServeConfig;
 use crate::engine::{Engine, EngineOptions};
 use crate::server::{AppState, Ready};
+
+/// The kernel send buffer of each connection (Linux doubles it).
+const SEND_BUFFER_BYTES: usize = 64 * 1024;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -43,6 +49,8 @@ struct Cli {
     serve: ServeConfig,
 }
 
+// `Serve` is the large variant; the command line is parsed once, so its size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Load the model and serve the API (the default).
@@ -113,6 +121,14 @@ async fn run(config: ServeConfig) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding INFERENCE_LISTEN={}", config.listen))?;
+    // A small kernel send buffer per connection: a client that stops reading fills it (and its
+    // stream's bounded event buffer) quickly, so the engine notices and cancels it, and idle
+    // streams cannot pin megabytes of kernel memory each.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(error) = socket2::SockRef::from(&*tcp).set_send_buffer_size(SEND_BUFFER_BYTES) {
+            tracing::warn!(%error, "cannot bound a connection's send buffer");
+        }
+    });
     let (stop_streams, shutdown) = watch::channel(false);
     let state = AppState {
         ready: Arc::new(OnceLock::new()),
@@ -151,25 +167,39 @@ fn load(
     let dtype = config.dtype.resolve(config.device);
     let checkpoint = checkpoint::load(model_dir, &device, dtype)?;
     let max_model_len = config.max_model_len(checkpoint.max_position_embeddings)?;
+    let bytes_per_token = checkpoint.model.shape().kv_bytes_per_token(dtype);
+    let sizing = config.batch_sizing(bytes_per_token, max_model_len)?;
     let options = EngineOptions {
-        workers: config.workers as usize,
+        max_num_seqs: sizing.max_num_seqs,
+        max_num_batched_tokens: sizing.max_num_batched_tokens,
         max_queue: config.max_queue as usize,
         event_buffer: 64,
+        stalled_stream_timeout: Duration::from_secs(config.stalled_stream_timeout),
+        num_blocks: sizing.num_blocks,
+        block_size: sizing.block_size,
     };
+    tracing::info!(
+        max_num_seqs = sizing.max_num_seqs,
+        max_num_batched_tokens = sizing.max_num_batched_tokens,
+        kv_blocks = sizing.num_blocks,
+        kv_tokens = sizing.num_blocks * sizing.block_size,
+        kv_bytes = sizing.num_blocks * sizing.block_size * bytes_per_token,
+        "allocating the KV cache"
+    );
     let engine = Engine::start(
         checkpoint.model,
         checkpoint.tokenizer.clone(),
         checkpoint.eos_ids,
-        device,
         &options,
     )?;
-    let model = ServedModel {
-        name: config.served_model_name.clone(),
-        tokenizer: checkpoint.tokenizer,
-        template: checkpoint.template,
-        defaults: checkpoint.defaults,
+    let model = ServedModel::new(
+        config.served_model_name.clone(),
+        checkpoint.tokenizer,
+        checkpoint.template,
+        checkpoint.defaults,
         max_model_len,
-    };
+        config.max_prompt_bytes(max_model_len),
+    );
     let _ = ready.set(Ready { engine, model });
     tracing::info!(
         seconds = started.elapsed().as_secs_f64(),

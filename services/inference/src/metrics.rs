@@ -76,6 +76,17 @@ pub fn time_per_output_token(elapsed: Duration) {
         .record(elapsed.as_secs_f64());
 }
 
+/// The fraction (0 to 1) of the KV cache's blocks in use. vLLM's name; in cairn it counts the
+/// engine's block pool on whichever device the model runs, the CPU included.
+pub fn cache_usage(fraction: f64) {
+    metrics::gauge!("vllm:gpu_cache_usage_perc", "model_name" => model_name()).set(fraction);
+}
+
+/// A running sequence preempted (its cache freed, to be recomputed) for lack of KV blocks.
+pub fn preemption() {
+    metrics::counter!("vllm:num_preemptions_total", "model_name" => model_name()).increment(1);
+}
+
 pub fn e2e_latency(elapsed: Duration) {
     metrics::histogram!("vllm:e2e_request_latency_seconds", "model_name" => model_name())
         .record(elapsed.as_secs_f64());

@@ -95,6 +95,18 @@ impl MessageContent {
                 .join(""),
         }
     }
+
+    /// The length in bytes of [`MessageContent::text`], without building it.
+    pub fn text_len(&self) -> usize {
+        match self {
+            MessageContent::Text(text) => text.len(),
+            MessageContent::Parts(parts) => parts
+                .iter()
+                .filter_map(|part| part.text.as_deref())
+                .map(str::len)
+                .sum(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -129,7 +129,15 @@ async fn chat_completions(
     let ready = state.ready()?;
     let request: ChatCompletionRequest =
         serde_json::from_slice(&body).map_err(|err| ApiError::BadJson(err.to_string()))?;
-    let generation = completion::admit(&request, &ready.model)?;
+    let (stream, stream_options) = (request.stream, request.stream_options.clone());
+    // Rendering and tokenizing take milliseconds per 100 kB: off the async runtime.
+    let cell = state.ready.clone();
+    let generation = tokio::task::spawn_blocking(move || match cell.get() {
+        Some(ready) => completion::admit(&request, &ready.model),
+        None => Err(ApiError::Loading),
+    })
+    .await
+    .map_err(|err| ApiError::Internal(format!("admission task: {err}")))??;
     let events = ready
         .engine
         .submit(generation)
@@ -141,11 +149,11 @@ async fn chat_completions(
             SubmitError::Stopped => ApiError::Internal("the engine stopped".into()),
         })?;
     let id = CompletionId::new(&ready.model.name);
-    if !request.stream {
+    if !stream {
         let answer = completion::collect(events, id).await?;
         return Ok(axum::Json(answer).into_response());
     }
-    let usage = match request.stream_options {
+    let usage = match stream_options {
         Some(options) if options.include_usage => StreamUsage::Included,
         _ => StreamUsage::Omitted,
     };

@@ -203,14 +203,20 @@ pub fn write(dir: &Path, shape: Shape) -> Result<(), TinyModelError> {
 fn write_weights(dir: &Path, config: &Value) -> Result<(), TinyModelError> {
     let config: qwen2::Config =
         serde_json::from_value(config.clone()).map_err(TinyModelError::Config)?;
-    let varmap = VarMap::new();
-    let builder = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
-    qwen2::ModelForCausalLM::new(&config, builder)?;
-    reinitialise(&varmap)?;
+    let varmap = random_weights(&config)?;
     let target = dir.join("model.safetensors");
     let temporary = dir.join(".model.safetensors.tmp");
     varmap.save(&temporary)?;
     rename(&temporary, &target)
+}
+
+/// Every weight of a Qwen2 model of `config`, named as in a Hugging Face checkpoint, random.
+pub fn random_weights(config: &qwen2::Config) -> Result<VarMap, TinyModelError> {
+    let varmap = VarMap::new();
+    let builder = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    qwen2::ModelForCausalLM::new(config, builder)?;
+    reinitialise(&varmap)?;
+    Ok(varmap)
 }
 
 /// transformers' initialisation for Qwen2 (normal(0, 0.02) weights, zero biases, unit norms)

@@ -642,3 +642,246 @@ async fn two_workers_serve_two_requests_at_once() {
     assert_eq!(content(&a), content(&alone));
     assert_eq!(content(&b), content(&alone));
 }
+
+/// #17: a client that sends a streaming request and then never reads must not hold the engine:
+/// with one sequence slot (`WORKERS=1`), another request still completes within a bound, because
+/// the silent stream's bounded buffer fills and, stalled past `STALLED_STREAM_TIMEOUT`, it is
+/// cancelled.
+#[tokio::test]
+async fn a_client_that_never_reads_cannot_stall_other_requests() {
+    let server = Server::start(&[("WORKERS", "1"), ("STALLED_STREAM_TIMEOUT", "1")]).await;
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .set_recv_buffer_size(4096)
+        .expect("small receive buffer");
+    let mut silent = socket
+        .connect(([127, 0, 0, 1], server.port).into())
+        .await
+        .expect("connect");
+    let body = chat(
+        "Go on",
+        json!({"max_tokens": 4000, "ignore_eos": true, "stream": true}),
+    )
+    .to_string();
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut silent, request.as_bytes())
+        .await
+        .expect("send the request, then never read");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while sample(&server.metrics().await, "vllm:num_requests_running", MODEL) != 1.0 {
+        assert!(std::time::Instant::now() < deadline, "never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let started = std::time::Instant::now();
+    let other = tokio::time::timeout(
+        Duration::from_secs(20),
+        server.complete(&chat("Hi", json!({"max_tokens": 4, "ignore_eos": true}))),
+    )
+    .await;
+    assert!(
+        other.is_ok(),
+        "another request waited {:?} behind a client that never reads",
+        started.elapsed()
+    );
+    let metrics = server.metrics().await;
+    assert_eq!(
+        sample(&metrics, "vllm:request_success_total", "abort"),
+        1.0,
+        "the silent stream was cancelled: {metrics}"
+    );
+    drop(silent);
+}
+
+/// Reads a stream until it has shown `chunks` content chunks.
+async fn read_chunks<S, B>(body: &mut S, chunks: usize)
+where
+    S: futures_util::Stream<Item = reqwest::Result<B>> + Unpin,
+    B: AsRef<[u8]>,
+{
+    let mut seen = String::new();
+    while seen.matches("\"content\":\"").count() < chunks + 1 {
+        let piece = body.next().await.expect("stream goes on").expect("bytes");
+        seen.push_str(&String::from_utf8_lossy(piece.as_ref()));
+    }
+}
+
+async fn wait_for_metric(server: &Server, name: &str, label: &str, wanted: f64) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let metrics = server.metrics().await;
+        if sample(&metrics, name, label) == wanted {
+            return metrics;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name} never reached {wanted}: {metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn content(answer: &Value) -> Value {
+    answer["choices"][0]["message"]["content"].clone()
+}
+
+/// #18: requests of different lengths and sampling settings decode in one batch (a long prompt
+/// prefilled in chunks beside them), and each answer is exactly what it is alone.
+#[tokio::test]
+async fn answers_are_the_same_alone_and_in_a_mixed_batch() {
+    let server = Server::start(&[("MAX_NUM_BATCHED_TOKENS", "48")]).await;
+    let long_prompt = "the weather in Zürich ".repeat(20);
+    let requests = [
+        chat(
+            "Hi",
+            json!({"max_tokens": 20, "temperature": 0, "ignore_eos": true}),
+        ),
+        chat(
+            &long_prompt,
+            json!({"max_tokens": 12, "temperature": 0, "ignore_eos": true}),
+        ),
+        chat(
+            "Tell me a story",
+            json!({"max_tokens": 16, "seed": 5, "temperature": 0.9, "top_k": 40, "ignore_eos": true}),
+        ),
+        chat(
+            "Count to ten",
+            json!({"max_tokens": 30, "seed": 9, "temperature": 1.0, "top_p": 0.8, "ignore_eos": true}),
+        ),
+    ];
+    let mut alone = Vec::new();
+    for request in &requests {
+        alone.push(content(&server.complete(request).await));
+    }
+    // A long stream keeps the batch busy while the four run together.
+    let background = server
+        .post(&chat(
+            "Go on",
+            json!({"max_tokens": 3900, "ignore_eos": true, "stream": true}),
+        ))
+        .send()
+        .await
+        .expect("background request");
+    let mut background = background.bytes_stream();
+    read_chunks(&mut background, 2).await;
+    let together =
+        futures_util::future::join_all(requests.iter().map(|r| server.complete(r))).await;
+    for (index, (answer, expected)) in together.iter().zip(&alone).enumerate() {
+        assert_eq!(
+            &content(answer),
+            expected,
+            "request {index} changed in a batch"
+        );
+    }
+    read_chunks(&mut background, 2).await;
+    drop(background);
+}
+
+/// #18: a request cancelled mid-batch leaves it at once and returns its KV blocks; the others
+/// go on.
+#[tokio::test]
+async fn a_request_cancelled_mid_batch_frees_its_cache() {
+    let server = Server::start(&[]).await;
+    let long = chat(
+        "Go on",
+        json!({"max_tokens": 3900, "ignore_eos": true, "stream": true}),
+    );
+    let mut first = server
+        .post(&long)
+        .send()
+        .await
+        .expect("first")
+        .bytes_stream();
+    read_chunks(&mut first, 2).await;
+    let one = sample(&server.metrics().await, "vllm:gpu_cache_usage_perc", MODEL);
+    assert!(one > 0.0, "the running request holds blocks");
+    let mut second = server
+        .post(&long)
+        .send()
+        .await
+        .expect("second")
+        .bytes_stream();
+    read_chunks(&mut second, 2).await;
+    wait_for_metric(&server, "vllm:num_requests_running", MODEL, 2.0).await;
+    drop(second);
+    wait_for_metric(&server, "vllm:num_requests_running", MODEL, 1.0).await;
+    read_chunks(&mut first, 5).await;
+    drop(first);
+    let metrics = wait_for_metric(&server, "vllm:num_requests_running", MODEL, 0.0).await;
+    assert_eq!(sample(&metrics, "vllm:request_success_total", "abort"), 2.0);
+    wait_for_metric(&server, "vllm:gpu_cache_usage_perc", MODEL, 0.0).await;
+}
+
+/// #18: when the KV cache cannot hold another prompt, the request waits in the queue (no 429,
+/// no error) and runs once blocks are free, with the same answer it gets alone.
+#[tokio::test]
+async fn a_full_cache_makes_new_requests_wait_not_fail() {
+    let server = Server::start(&[
+        ("MAX_MODEL_LEN", "1024"),
+        ("BLOCK_SIZE", "16"),
+        ("NUM_GPU_BLOCKS_OVERRIDE", "64"),
+    ])
+    .await;
+    // About 600 prompt tokens each: two cannot be cached at once.
+    let prompt = "a b c d e f ".repeat(50);
+    let second = chat(
+        &prompt,
+        json!({"max_tokens": 8, "temperature": 0, "ignore_eos": true}),
+    );
+    let alone = content(&server.complete(&second).await);
+    let first = chat(
+        &prompt,
+        json!({"max_tokens": 400, "temperature": 0, "ignore_eos": true, "stream": true}),
+    );
+    let mut first = server
+        .post(&first)
+        .send()
+        .await
+        .expect("first")
+        .bytes_stream();
+    read_chunks(&mut first, 2).await;
+    let waiting = server.complete(&second);
+    let watch = async {
+        let metrics = wait_for_metric(&server, "vllm:num_requests_waiting", MODEL, 1.0).await;
+        assert_eq!(sample(&metrics, "vllm:num_requests_running", MODEL), 1.0);
+        assert!(
+            sample(&metrics, "vllm:gpu_cache_usage_perc", MODEL) > 0.5,
+            "{metrics}"
+        );
+        while first.next().await.is_some() {}
+    };
+    let (answer, ()) = tokio::join!(waiting, watch);
+    assert_eq!(content(&answer), alone);
+    let metrics = server.metrics().await;
+    assert_eq!(
+        sample(&metrics, "cairn:requests_rejected_total", MODEL),
+        0.0
+    );
+}
+
+/// #18: two sequences that outgrow the cache together: the newer one is preempted, recomputed
+/// later, and still gives its greedy answer.
+#[tokio::test]
+async fn a_preempted_request_resumes_with_the_same_answer() {
+    let server = Server::start(&[
+        ("MAX_MODEL_LEN", "512"),
+        ("BLOCK_SIZE", "16"),
+        ("NUM_GPU_BLOCKS_OVERRIDE", "40"),
+    ])
+    .await;
+    let request = chat(
+        "Go on",
+        json!({"max_tokens": 400, "temperature": 0, "ignore_eos": true}),
+    );
+    let alone = content(&server.complete(&request).await);
+    let (a, b) = tokio::join!(server.complete(&request), server.complete(&request));
+    assert_eq!(content(&a), alone);
+    assert_eq!(content(&b), alone);
+    let metrics = server.metrics().await;
+    assert!(
+        sample(&metrics, "vllm:num_preemptions_total", MODEL) >= 1.0,
+        "{metrics}"
+    );
+}

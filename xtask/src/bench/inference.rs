@@ -1,9 +1,13 @@
 //! `cargo xtask bench inference`: starts the real `inference` binary on a random model shaped
-//! like Qwen2.5-0.5B (written by `inference tiny-model --shape qwen2.5-0.5b`) and measures, over
-//! HTTP, time to first token (a `max_tokens: 1` request) and decode tokens/s (the extra time of
-//! a `max_tokens: 1 + N` request); then runs the same weights with PyTorch + transformers from
-//! PyPI (a venv under target/) and prints both with their ratio.
+//! like Qwen2.5-0.5B (written by `inference tiny-model --shape qwen2.5-0.5b`) and, for each
+//! `--concurrency` level, sends that many streaming requests at once and measures aggregate
+//! tokens/s, time to first token and the gaps between streamed chunks (median and p99); then the
+//! time to first token of one request that arrives while the others decode. The same levels run
+//! through PyTorch + transformers' batched `generate` on the same weights (a venv under target/),
+//! and, with `--baseline-binary`, through another build of the server (the engine before
+//! continuous batching), all in one run, printed side by side.
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -18,58 +22,120 @@ const REFERENCE_SCRIPT: &str = include_str!("inference_reference.py");
 
 #[derive(Debug, clap::Args)]
 pub struct InferenceBenchArgs {
+    /// Concurrent streams to measure, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,8")]
+    concurrency: Vec<usize>,
     /// Approximate prompt length in tokens (the exact count is reported).
     #[arg(long, default_value_t = 200)]
     prompt_tokens: usize,
-    /// Tokens decoded after the first one.
+    /// Tokens generated per request.
     #[arg(long, default_value_t = 32)]
     decode_tokens: usize,
-    /// Measured runs per implementation (the median is reported), after one warm-up.
-    #[arg(long, default_value_t = 3)]
+    /// Rounds per concurrency level (all requests of all rounds are pooled), after one warm-up.
+    #[arg(long, default_value_t = 2)]
     runs: usize,
+    /// The model's shape: `qwen2.5-0.5b` (the issue's benchmark) or `tiny` (seconds, for a
+    /// smoke run).
+    #[arg(long, default_value = "qwen2.5-0.5b")]
+    shape: String,
     /// Build the server in the release profile (about 15 min on 2 cores) instead of the dev
     /// profile, whose dependencies (candle, gemm) are already optimised at opt-level 2.
     #[arg(long)]
     release: bool,
-    /// Measure only cairn's server.
+    /// Another `inference` binary to measure the same way, e.g. one built from the commit
+    /// before continuous batching (`WORKERS=1`, one request at a time).
+    #[arg(long)]
+    baseline_binary: Option<PathBuf>,
+    /// Measure only the servers.
     #[arg(long)]
     skip_reference: bool,
 }
 
-/// One implementation's medians.
-#[derive(Debug, Clone, Copy)]
-struct Measurement {
-    ttft: Duration,
-    decode_tokens_per_s: f64,
+/// One implementation's numbers at one concurrency level.
+#[derive(Debug, Clone)]
+struct LevelResult {
+    concurrency: usize,
+    tokens_per_s: f64,
+    ttft_p50: f64,
+    ttft_p99: f64,
+    itl_p50: f64,
+    itl_p99: f64,
+}
+
+/// One streamed request as the client saw it.
+struct StreamTiming {
+    ttft: f64,
+    gaps: Vec<f64>,
+    tokens: usize,
 }
 
 pub fn run(args: &InferenceBenchArgs) -> Result<()> {
     let root = project::root();
     let binary = build_server(&root, args.release)?;
-    let model_dir = root.join("target/bench/qwen2.5-0.5b-random");
-    ensure_model(&binary, &model_dir)?;
-    let (ours, prompt_tokens) = measure_server(&binary, &model_dir, args)?;
-    println!(
-        "cairn inference (candle): prompt {prompt_tokens} tokens, TTFT {:.3} s, decode {:.2} tokens/s",
-        ours.ttft.as_secs_f64(),
-        ours.decode_tokens_per_s
-    );
-    if args.skip_reference {
-        return Ok(());
+    let model_dir = root.join(format!("target/bench/{}-random", args.shape));
+    ensure_model(&binary, &model_dir, &args.shape)?;
+    let max_level = args.concurrency.iter().copied().max().unwrap_or(1);
+    let mut tables = Vec::new();
+    let (ours, loaded, prompt_tokens) = measure_server(
+        &binary,
+        &model_dir,
+        &[("MAX_NUM_SEQS", &max_level.to_string())],
+        args,
+    )?;
+    tables.push(("cairn (continuous batching)".to_owned(), ours));
+    if let Some(baseline) = &args.baseline_binary {
+        let (before, loaded_before, _) =
+            measure_server(baseline, &model_dir, &[("WORKERS", "1")], args)?;
+        tables.push(("cairn before (baseline binary)".to_owned(), before));
+        print_loaded("baseline", &loaded_before);
     }
-    let python = ensure_reference_venv(&root)?;
-    let reference = measure_reference(&python, &root, &model_dir, prompt_tokens, args)?;
+    if !args.skip_reference {
+        let python = ensure_reference_venv(&root)?;
+        let reference = measure_reference(&python, &root, &model_dir, prompt_tokens, args)?;
+        tables.push(("PyTorch + transformers generate".to_owned(), reference));
+    }
     println!(
-        "PyTorch + transformers:   prompt {prompt_tokens} tokens, TTFT {:.3} s, decode {:.2} tokens/s",
-        reference.ttft.as_secs_f64(),
-        reference.decode_tokens_per_s
+        "\nprompt {prompt_tokens} tokens, {} generated per request, greedy, ignore_eos; shape {}",
+        args.decode_tokens, args.shape
     );
     println!(
-        "ratio (cairn / reference): TTFT {:.2}x (lower is better), decode {:.2}x (higher is better)",
-        ours.ttft.as_secs_f64() / reference.ttft.as_secs_f64(),
-        ours.decode_tokens_per_s / reference.decode_tokens_per_s
+        "{:<34} {:>5} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "implementation", "conc", "tok/s", "TTFT p50", "TTFT p99", "ITL p50", "ITL p99"
     );
+    for (name, levels) in &tables {
+        for level in levels {
+            println!(
+                "{:<34} {:>5} {:>9.2} {:>8.3}s {:>8.3}s {:>8.3}s {:>8.3}s",
+                name,
+                level.concurrency,
+                level.tokens_per_s,
+                level.ttft_p50,
+                level.ttft_p99,
+                level.itl_p50,
+                level.itl_p99
+            );
+        }
+    }
+    let single = tables[0].1.iter().find(|l| l.concurrency == 1);
+    let widest = tables[0].1.iter().max_by_key(|l| l.concurrency);
+    if let (Some(single), Some(widest)) = (single, widest) {
+        println!(
+            "cairn: {} streams give {:.2}x the single-stream tokens/s",
+            widest.concurrency,
+            widest.tokens_per_s / single.tokens_per_s
+        );
+    }
+    print_loaded("cairn", &loaded);
     Ok(())
+}
+
+fn print_loaded(name: &str, loaded: &Option<(usize, f64, f64)>) {
+    if let Some((others, idle, busy)) = loaded {
+        println!(
+            "{name}: TTFT idle {idle:.3}s, arriving while {others} others decode {busy:.3}s ({:.2}x)",
+            busy / idle
+        );
+    }
 }
 
 fn build_server(root: &Path, release: bool) -> Result<PathBuf> {
@@ -87,19 +153,19 @@ fn build_server(root: &Path, release: bool) -> Result<PathBuf> {
     Ok(root.join("target").join(dir).join("inference"))
 }
 
-fn ensure_model(binary: &Path, model_dir: &Path) -> Result<()> {
+fn ensure_model(binary: &Path, model_dir: &Path, shape: &str) -> Result<()> {
     if model_dir.join("model.safetensors").exists() && model_dir.join("config.json").exists() {
         eprintln!("==> reusing the random model in {}", model_dir.display());
         return Ok(());
     }
     eprintln!(
-        "==> writing a random Qwen2.5-0.5B-shaped model (about 2 GB) to {}",
+        "==> writing a random {shape}-shaped model to {}",
         model_dir.display()
     );
     let status = Command::new(binary)
         .arg("tiny-model")
         .arg(model_dir)
-        .args(["--shape", "qwen2.5-0.5b"])
+        .args(["--shape", shape])
         .status()
         .context("running inference tiny-model")?;
     if !status.success() {
@@ -113,29 +179,35 @@ fn ensure_model(binary: &Path, model_dir: &Path) -> Result<()> {
 
 fn http_client() -> Result<reqwest::blocking::Client> {
     reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(900))
+        .timeout(Duration::from_secs(1800))
         .build()
         .context("building the benchmark's HTTP client")
 }
 
+/// Measures one server binary at every level; also the TTFT of a request arriving while the
+/// others of the widest level decode (others, idle TTFT, loaded TTFT), and the prompt length.
+#[allow(clippy::type_complexity)]
 fn measure_server(
     binary: &Path,
     model_dir: &Path,
+    env: &[(&str, &str)],
     args: &InferenceBenchArgs,
-) -> Result<(Measurement, usize)> {
+) -> Result<(Vec<LevelResult>, Option<(usize, f64, f64)>, usize)> {
     let port = testkit::free_port();
     let base = format!("http://127.0.0.1:{port}");
-    let mut server = testkit::ProcessGuard::spawn(
-        "inference",
-        Command::new(binary)
-            .env("MODEL_DIR", model_dir)
-            .env("INFERENCE_LISTEN", format!("127.0.0.1:{port}"))
-            .env("SERVED_MODEL_NAME", "bench")
-            .env("WORKERS", "1")
-            .env("RUST_LOG", "warn"),
-    );
+    let mut command = Command::new(binary);
+    command
+        .env("MODEL_DIR", model_dir)
+        .env("INFERENCE_LISTEN", format!("127.0.0.1:{port}"))
+        .env("SERVED_MODEL_NAME", "bench")
+        .env("MAX_MODEL_LEN", "4096")
+        .env("RUST_LOG", "warn");
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let mut server = testkit::ProcessGuard::spawn("inference", &mut command);
     let client = http_client()?;
-    eprintln!("==> waiting for the server to load the model");
+    eprintln!("==> waiting for {} to load the model", binary.display());
     let deadline = Instant::now() + Duration::from_secs(600);
     while !client
         .get(format!("{base}/health"))
@@ -150,56 +222,198 @@ fn measure_server(
     }
     // The chat template adds about 25 tokens; "the weather " is about 8 with the bench tokenizer.
     let content = "the weather ".repeat(args.prompt_tokens.saturating_sub(25) / 8);
-    let request = |max_tokens: usize| -> Result<(Duration, usize)> {
-        let body = json!({
-            "model": "bench",
-            "messages": [{"role": "user", "content": content}],
-            "max_tokens": max_tokens, "temperature": 0, "ignore_eos": true
-        });
-        let started = Instant::now();
-        let answer: Value = client
-            .post(format!("{base}/v1/chat/completions"))
-            .json(&body)
-            .send()
-            .context("posting a chat completion")?
-            .json()
-            .context("reading the answer")?;
-        let elapsed = started.elapsed();
-        let usage = &answer["usage"];
-        if usage["completion_tokens"].as_u64() != Some(max_tokens as u64) {
-            bail!("unexpected answer: {answer}");
+    let body = json!({
+        "model": "bench",
+        "messages": [{"role": "user", "content": content}],
+        "max_tokens": args.decode_tokens, "temperature": 0, "ignore_eos": true,
+        "stream": true, "stream_options": {"include_usage": true}
+    });
+    eprintln!("==> warming up {}", binary.display());
+    let (_, prompt_tokens) = stream_once(&client, &base, &body)?;
+    let mut levels = Vec::new();
+    for &concurrency in &args.concurrency {
+        eprintln!(
+            "==> {concurrency} concurrent streams x {} rounds",
+            args.runs
+        );
+        let mut timings = Vec::new();
+        let mut tokens = 0;
+        let mut wall = 0.0;
+        for _ in 0..args.runs {
+            let started = Instant::now();
+            let round = concurrent_streams(&client, &base, &body, concurrency)?;
+            wall += started.elapsed().as_secs_f64();
+            tokens += round.iter().map(|t| t.tokens).sum::<usize>();
+            timings.extend(round);
         }
-        Ok((
-            elapsed,
-            usage["prompt_tokens"].as_u64().unwrap_or(0) as usize,
-        ))
-    };
-    eprintln!(
-        "==> measuring cairn's server ({} runs after a warm-up)",
-        args.runs
-    );
-    let (_, prompt_tokens) = request(2)?;
-    let mut ttfts = Vec::new();
-    let mut rates = Vec::new();
-    for _ in 0..args.runs {
-        let (first, _) = request(1)?;
-        let (all, _) = request(1 + args.decode_tokens)?;
-        ttfts.push(first.as_secs_f64());
-        rates.push(args.decode_tokens as f64 / (all - first).as_secs_f64().max(1e-9));
+        levels.push(summarise(concurrency, tokens as f64 / wall, &timings));
     }
+    let widest = args.concurrency.iter().copied().max().unwrap_or(1);
+    let loaded = if widest > 1 {
+        eprintln!(
+            "==> TTFT of a request arriving while {} others decode",
+            widest - 1
+        );
+        let idle = levels
+            .iter()
+            .find(|l| l.concurrency == 1)
+            .map(|l| l.ttft_p50);
+        let busy = ttft_under_load(&client, &base, &body, widest - 1, args.decode_tokens)?;
+        idle.map(|idle| (widest - 1, idle, busy))
+    } else {
+        None
+    };
     let _ = server.terminate(Duration::from_secs(10));
+    Ok((levels, loaded, prompt_tokens))
+}
+
+/// Reads one stream to its end: time to the first content, gaps between content chunks, and the
+/// usage's completion and prompt tokens.
+fn stream_once(
+    client: &reqwest::blocking::Client,
+    base: &str,
+    body: &Value,
+) -> Result<(StreamTiming, usize)> {
+    let started = Instant::now();
+    let response = client
+        .post(format!("{base}/v1/chat/completions"))
+        .json(body)
+        .send()
+        .context("posting a chat completion")?;
+    if !response.status().is_success() {
+        bail!("the server answered {}", response.status());
+    }
+    let mut first = None;
+    let mut last = started;
+    let mut gaps = Vec::new();
+    let mut usage = (0, 0);
+    for line in BufReader::new(response).lines() {
+        let line = line.context("reading the stream")?;
+        let Some(data) = line.strip_prefix("data: ") else {
+            continue;
+        };
+        if data == "[DONE]" {
+            break;
+        }
+        let chunk: Value = serde_json::from_str(data).context("parsing a chunk")?;
+        if let Some(error) = chunk.get("error") {
+            bail!("the stream failed: {error}");
+        }
+        if let Some(count) = chunk["usage"]["completion_tokens"].as_u64() {
+            usage = (
+                count as usize,
+                chunk["usage"]["prompt_tokens"].as_u64().unwrap_or(0) as usize,
+            );
+        }
+        let has_text = chunk["choices"][0]["delta"]["content"]
+            .as_str()
+            .is_some_and(|text| !text.is_empty());
+        if has_text {
+            let now = Instant::now();
+            match first {
+                None => first = Some(now.duration_since(started).as_secs_f64()),
+                Some(_) => gaps.push(now.duration_since(last).as_secs_f64()),
+            }
+            last = now;
+        }
+    }
     Ok((
-        Measurement {
-            ttft: Duration::from_secs_f64(median(&mut ttfts)),
-            decode_tokens_per_s: median(&mut rates),
+        StreamTiming {
+            ttft: first.unwrap_or(f64::NAN),
+            gaps,
+            tokens: usage.0,
         },
-        prompt_tokens,
+        usage.1,
     ))
 }
 
-fn median(values: &mut [f64]) -> f64 {
+fn concurrent_streams(
+    client: &reqwest::blocking::Client,
+    base: &str,
+    body: &Value,
+    concurrency: usize,
+) -> Result<Vec<StreamTiming>> {
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..concurrency)
+            .map(|_| scope.spawn(|| stream_once(client, base, body)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|handle| {
+                handle
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("a client thread panicked"))?
+                    .map(|(timing, _)| timing)
+            })
+            .collect()
+    })
+}
+
+/// Starts `others` long streams, waits until each has produced text, then times one more.
+fn ttft_under_load(
+    client: &reqwest::blocking::Client,
+    base: &str,
+    body: &Value,
+    others: usize,
+    decode_tokens: usize,
+) -> Result<f64> {
+    let mut long = body.clone();
+    long["max_tokens"] = json!(decode_tokens * 4);
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    std::thread::scope(|scope| {
+        let mut handles = Vec::new();
+        for _ in 0..others {
+            let started_tx = started_tx.clone();
+            let long = &long;
+            handles.push(scope.spawn(move || -> Result<()> {
+                let response = client
+                    .post(format!("{base}/v1/chat/completions"))
+                    .json(long)
+                    .send()?;
+                let mut signalled = false;
+                for line in BufReader::new(response).lines() {
+                    let line = line?;
+                    if !signalled && line.contains("\"content\":\"") && !line.contains("\"role\"") {
+                        let _ = started_tx.send(());
+                        signalled = true;
+                    }
+                }
+                Ok(())
+            }));
+        }
+        for _ in 0..others {
+            started_rx
+                .recv_timeout(Duration::from_secs(1800))
+                .context("the background streams never started")?;
+        }
+        let (timing, _) = stream_once(client, base, body)?;
+        for handle in handles {
+            let _ = handle.join();
+        }
+        Ok(timing.ttft)
+    })
+}
+
+fn summarise(concurrency: usize, tokens_per_s: f64, timings: &[StreamTiming]) -> LevelResult {
+    let mut ttfts: Vec<f64> = timings.iter().map(|t| t.ttft).collect();
+    let mut gaps: Vec<f64> = timings.iter().flat_map(|t| t.gaps.clone()).collect();
+    LevelResult {
+        concurrency,
+        tokens_per_s,
+        ttft_p50: percentile(&mut ttfts, 0.5),
+        ttft_p99: percentile(&mut ttfts, 0.99),
+        itl_p50: percentile(&mut gaps, 0.5),
+        itl_p99: percentile(&mut gaps, 0.99),
+    }
+}
+
+fn percentile(values: &mut [f64], quantile: f64) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
     values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+    let rank = ((values.len() - 1) as f64 * quantile).round() as usize;
+    values[rank.min(values.len() - 1)]
 }
 
 /// The venv with torch and transformers from PyPI, created on first use.
@@ -238,14 +452,12 @@ fn measure_reference(
     model_dir: &Path,
     prompt_tokens: usize,
     args: &InferenceBenchArgs,
-) -> Result<Measurement> {
+) -> Result<Vec<LevelResult>> {
     let script = root.join("target/bench/inference_reference.py");
     std::fs::write(&script, REFERENCE_SCRIPT)
         .with_context(|| format!("writing {}", script.display()))?;
-    eprintln!(
-        "==> measuring PyTorch + transformers ({} runs after a warm-up)",
-        args.runs
-    );
+    eprintln!("==> measuring PyTorch + transformers (batched generate)");
+    let levels: Vec<String> = args.concurrency.iter().map(usize::to_string).collect();
     let output = Command::new(python)
         .arg(&script)
         .arg("--model")
@@ -253,6 +465,7 @@ fn measure_reference(
         .args(["--prompt-tokens", &prompt_tokens.to_string()])
         .args(["--decode-tokens", &args.decode_tokens.to_string()])
         .args(["--runs", &args.runs.to_string()])
+        .args(["--batch-sizes", &levels.join(",")])
         .output()
         .context("running the PyTorch reference")?;
     if !output.status.success() {
@@ -265,8 +478,19 @@ fn measure_reference(
     let line = stdout.lines().last().unwrap_or_default();
     let result: Value = serde_json::from_str(line)
         .with_context(|| format!("parsing the reference's output {line:?}"))?;
-    Ok(Measurement {
-        ttft: Duration::from_secs_f64(result["ttft_s"].as_f64().unwrap_or(f64::NAN)),
-        decode_tokens_per_s: result["decode_tokens_per_s"].as_f64().unwrap_or(f64::NAN),
-    })
+    let number = |level: &Value, key: &str| level[key].as_f64().unwrap_or(f64::NAN);
+    Ok(result["levels"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|level| LevelResult {
+            concurrency: level["batch"].as_u64().unwrap_or(0) as usize,
+            tokens_per_s: number(level, "tokens_per_s"),
+            ttft_p50: number(level, "ttft_s"),
+            ttft_p99: number(level, "ttft_s"),
+            itl_p50: number(level, "itl_s"),
+            itl_p99: number(level, "itl_s"),
+        })
+        .collect())
 }

@@ -1,6 +1,7 @@
 """The reference for `cargo xtask bench inference`: the same model directory run by PyTorch +
-transformers on the CPU, greedy, with a KV cache, timed like the server: time to first token
-(prefill + one sample) and decode tokens per second. Prints one JSON object."""
+transformers on the CPU, greedy, with a KV cache, as a batched `generate` of each batch size:
+tokens/s of the whole batch, time to first token (a `max_new_tokens=1` generate of the batch)
+and the mean time per later token. Prints one JSON object."""
 
 import argparse
 import json
@@ -18,6 +19,7 @@ def main():
     parser.add_argument("--prompt-tokens", type=int, required=True)
     parser.add_argument("--decode-tokens", type=int, required=True)
     parser.add_argument("--runs", type=int, required=True)
+    parser.add_argument("--batch-sizes", default="1")
     args = parser.parse_args()
 
     threads = os.cpu_count() or 1
@@ -25,31 +27,39 @@ def main():
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
     model.eval()
     vocab = 256
-    ids = torch.tensor([[(i * 7) % vocab for i in range(args.prompt_tokens)]], dtype=torch.long)
+    prompt = [(i * 7) % vocab for i in range(args.prompt_tokens)]
 
-    def once():
+    def generate(batch, new_tokens):
+        ids = torch.tensor([prompt] * batch, dtype=torch.long)
+        mask = torch.ones_like(ids)
         with torch.inference_mode():
             start = time.perf_counter()
-            out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
-            token = out.logits[:, -1].argmax(-1, keepdim=True)
-            ttft = time.perf_counter() - start
-            past = out.past_key_values
-            start = time.perf_counter()
-            for _ in range(args.decode_tokens):
-                out = model(input_ids=token, past_key_values=past, use_cache=True)
-                past = out.past_key_values
-                token = out.logits[:, -1].argmax(-1, keepdim=True)
-            decode = time.perf_counter() - start
-        return ttft, args.decode_tokens / decode
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+                do_sample=False,
+                pad_token_id=0,
+            )
+            elapsed = time.perf_counter() - start
+        assert out.shape[1] == len(prompt) + new_tokens
+        return elapsed
 
-    once()  # warm-up
-    runs = [once() for _ in range(args.runs)]
-    print(json.dumps({
-        "ttft_s": statistics.median(r[0] for r in runs),
-        "decode_tokens_per_s": statistics.median(r[1] for r in runs),
-        "threads": threads,
-        "torch": torch.__version__,
-    }))
+    generate(1, 2)  # warm-up
+    levels = []
+    for batch in [int(b) for b in args.batch_sizes.split(",")]:
+        firsts = [generate(batch, 1) for _ in range(args.runs)]
+        fulls = [generate(batch, args.decode_tokens) for _ in range(args.runs)]
+        ttft = statistics.median(firsts)
+        full = statistics.median(fulls)
+        levels.append({
+            "batch": batch,
+            "tokens_per_s": batch * args.decode_tokens / full,
+            "ttft_s": ttft,
+            "itl_s": (full - ttft) / max(args.decode_tokens - 1, 1),
+        })
+    print(json.dumps({"levels": levels, "threads": threads, "torch": torch.__version__}))
 
 
 if __name__ == "__main__":
