@@ -337,3 +337,75 @@ fn eventually(deadline: Duration, mut ready: impl FnMut() -> bool) -> bool {
     }
     false
 }
+
+/// Garage from its cached crates.io build: hardened as compose runs it, on fresh named volumes
+/// (their owner comes from the image's directories), with the deployment's own config; its
+/// health check (`garage status`, which needs the metadata database it opened on the volume)
+/// passes.
+#[test]
+fn garage_starts_on_fresh_volumes_and_answers_its_health_check() {
+    let Some(docker) = require_docker() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("oci");
+    let archive = dir.path().join("garage.tar");
+    xtask(
+        &[
+            "image",
+            "garage",
+            "--out",
+            &out.display().to_string(),
+            "--format",
+            "docker-archive",
+            "--archive",
+            &archive.display().to_string(),
+        ],
+        &[],
+    );
+    let mut engine = Docker::new(docker, "garage");
+    let images = engine.load(&out, &archive);
+    let image = image_id(&images, "garage");
+    let meta = format!("{}:/var/lib/garage/meta", engine.volume("meta"));
+    let data = format!("{}:/var/lib/garage/data", engine.volume("data"));
+    let config = format!(
+        "{}:/etc/garage.toml:ro",
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../deploy/files/garage.toml")
+            .display()
+    );
+    let rpc_secret = format!("GARAGE_RPC_SECRET={}", "ab".repeat(32));
+    let container = engine.start(
+        "s3",
+        &[
+            "--tmpfs",
+            "/tmp",
+            "-e",
+            &rpc_secret,
+            "-e",
+            "GARAGE_ADMIN_TOKEN=test-admin-token",
+            "-v",
+            &meta,
+            "-v",
+            &data,
+            "-v",
+            &config,
+        ],
+        &image,
+    );
+    let healthy = eventually(Duration::from_secs(30), || {
+        engine
+            .run(&["exec", &container, "/usr/local/bin/garage", "status"])
+            .status
+            .success()
+    });
+    assert!(
+        healthy,
+        "garage status never passed:\n{}",
+        engine.logs(&container)
+    );
+    assert_eq!(
+        engine.ok(&["inspect", "--format", "{{.State.Running}}", &container]),
+        "true"
+    );
+}
