@@ -247,7 +247,11 @@ fn bearer_tokens_from_a_trusted_token_server_with_mount_scopes() {
         &layout,
         &target,
         &["--plain-http"],
-        &[("DOCKER_CONFIG", docker_config.to_str().expect("utf-8"))],
+        &[
+            ("DOCKER_CONFIG", docker_config.to_str().expect("utf-8")),
+            // The token server has an origin of its own: the user trusts it by name.
+            ("CAIRN_REGISTRY_TOKEN_REALMS", &token_origin(&realm)),
+        ],
     );
     assert_eq!(report["blobs_mounted"], 1, "{report}");
     let scopes = tokens.scopes.lock().expect("scopes").clone();
@@ -498,4 +502,11 @@ fn a_refusing_registry_gets_an_error_naming_registry_repository_status_and_body(
     ] {
         assert!(stderr.contains(part), "{part:?} missing from: {stderr}");
     }
+}
+
+/// `http://HOST:PORT` of a token realm URL.
+fn token_origin(realm: &str) -> String {
+    let rest = realm.split_once("://").map_or(realm, |(_, rest)| rest);
+    let host = rest.split('/').next().unwrap_or(rest);
+    format!("http://{host}")
 }

@@ -114,7 +114,36 @@ pub struct Client {
     credentials: Option<Credentials>,
     challenge: Mutex<Option<Challenge>>,
     tokens: Mutex<HashMap<String, String>>,
+    /// Token servers on another origin the user trusts with their credentials
+    /// (`TRUSTED_REALMS_VARIABLE`, e.g. a registry whose auth server has a host of its own).
+    trusted_realms: Vec<Url>,
     pub retry: RetryPolicy,
+}
+
+/// Comma-separated origins (`https://auth.example.com`) of token servers that may receive the
+/// user's credentials although they are not the registry's own origin.
+pub const TRUSTED_REALMS_VARIABLE: &str = "CAIRN_REGISTRY_TOKEN_REALMS";
+
+/// The origins listed in `value`; an entry that is not a URL is an error naming it.
+fn trusted_realms(value: &str) -> Result<Vec<Url>> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+        .map(|entry| {
+            Url::parse(entry).with_context(|| {
+                format!(
+                    "{TRUSTED_REALMS_VARIABLE}: {entry:?} is not an origin (https://HOST[:PORT])"
+                )
+            })
+        })
+        .collect()
+}
+
+fn same_origin(a: &Url, b: &Url) -> bool {
+    a.scheme() == b.scheme()
+        && a.host_str() == b.host_str()
+        && a.port_or_known_default() == b.port_or_known_default()
 }
 
 impl std::fmt::Debug for Client {
@@ -169,6 +198,9 @@ impl Client {
             credentials,
             challenge: Mutex::new(None),
             tokens: Mutex::new(HashMap::new()),
+            trusted_realms: trusted_realms(
+                &std::env::var(TRUSTED_REALMS_VARIABLE).unwrap_or_default(),
+            )?,
             retry,
         })
     }
@@ -274,13 +306,21 @@ impl Client {
 
     /// Whether `url` is the registry's own origin: the only place credentials and tokens go.
     fn is_registry_origin(&self, url: &Url) -> bool {
-        url.scheme() == self.base.scheme()
-            && url.host_str() == self.base.host_str()
-            && url.port_or_known_default() == self.base.port_or_known_default()
+        same_origin(url, &self.base)
+    }
+
+    /// Whether the token server at `url` may receive the user's credentials: the registry's
+    /// own origin, or one the user listed in `TRUSTED_REALMS_VARIABLE`.
+    fn may_receive_credentials(&self, url: &Url) -> bool {
+        self.is_registry_origin(url)
+            || self
+                .trusted_realms
+                .iter()
+                .any(|origin| same_origin(url, origin))
     }
 
     /// Sends one request and follows up to `MAX_REDIRECTS` redirects, attaching
-    /// `authorization` only on hops to the registry's own origin.
+    /// `authorization` only on hops to the registry's own origin (or a trusted token realm).
     async fn follow(
         &self,
         mut method: Method,
@@ -299,7 +339,7 @@ impl Client {
                 .http
                 .request(method.clone(), url.clone())
                 .headers(header_map);
-            if let Some(value) = authorization.filter(|_| self.is_registry_origin(&url)) {
+            if let Some(value) = authorization.filter(|_| self.may_receive_credentials(&url)) {
                 builder = builder.header(AUTHORIZATION, value);
             }
             if let Some(body) = &body {
@@ -411,11 +451,12 @@ impl Client {
         let basic = self
             .credentials
             .as_ref()
-            .filter(|_| self.is_registry_origin(&url))
+            .filter(|_| self.may_receive_credentials(&url))
             .map(basic_header);
         let withheld = if self.credentials.is_some() && basic.is_none() {
             format!(
-                " (your credentials were not sent: the realm is not the registry's origin {})",
+                " (your credentials were not sent: the realm is not the registry's origin {}; \
+                 list it in {TRUSTED_REALMS_VARIABLE} to trust it)",
                 self.base.as_str().trim_end_matches('/')
             )
         } else {
