@@ -88,17 +88,23 @@ pub fn target_dir(root: &Path) -> PathBuf {
 /// The rustc flags that keep machine paths out of binaries. Later prefixes win in rustc, so the
 /// target directory (often inside the checkout) comes last.
 pub fn remap_flags(root: &Path, cargo_home: &Path, target: &Path) -> Vec<String> {
-    [
+    remap(&[
         (root, "/cairn"),
         (cargo_home, "/cargo"),
         (target, "/target"),
-    ]
-    .iter()
-    .map(|(from, to)| format!("--remap-path-prefix={}={to}", from.display()))
-    .collect()
+    ])
 }
 
-fn cargo_home() -> PathBuf {
+/// `--remap-path-prefix=FROM=TO` for each pair, in order (later prefixes win in rustc).
+pub(super) fn remap(pairs: &[(&Path, &str)]) -> Vec<String> {
+    pairs
+        .iter()
+        .map(|(from, to)| format!("--remap-path-prefix={}={to}", from.display()))
+        .collect()
+}
+
+/// CARGO_HOME, else `~/.cargo`.
+pub(super) fn cargo_home() -> PathBuf {
     std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo")))

@@ -180,17 +180,7 @@ fn toolchain(root: &Path) -> Result<String> {
 /// The rustc flags that keep this machine's paths out of the binary (cargo home, where the
 /// crate's sources are unpacked, and the shared target directory).
 pub fn remap_flags(cargo_home: &Path, target: &Path) -> Vec<String> {
-    [(cargo_home, "/cargo"), (target, "/target")]
-        .iter()
-        .map(|(from, to)| format!("--remap-path-prefix={}={to}", from.display()))
-        .collect()
-}
-
-fn cargo_home() -> PathBuf {
-    std::env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo")))
-        .unwrap_or_else(|| PathBuf::from("/root/.cargo"))
+    super::cargo::remap(&[(cargo_home, "/cargo"), (target, "/target")])
 }
 
 /// `cargo install --locked` of the pinned crate into `staging`, compiling in `target` (kept
@@ -217,7 +207,7 @@ fn cargo_install(root: &Path, inputs: &BuildInputs, staging: &Path, target: &Pat
         .args(["--version", source.version, source.crate_name])
         .env(
             "CARGO_ENCODED_RUSTFLAGS",
-            remap_flags(&cargo_home(), target).join("\x1f"),
+            remap_flags(&super::cargo::cargo_home(), target).join("\x1f"),
         );
     // Only the inputs in the key may shape the binary: settings from the caller's environment
     // would change it without changing the key.
