@@ -10,18 +10,6 @@ use crate::support::inference::Inference;
 use crate::support::llm::FakeLlm;
 use crate::support::{Api, Client, Postgres, parse_sse};
 
-async fn chat(client: &Client, body: serde_json::Value) -> (u16, String) {
-    let response = client
-        .request(reqwest::Method::POST, "/api/chat")
-        .header("content-type", "application/json")
-        .body(body.to_string())
-        .send()
-        .await
-        .expect("chat request");
-    let status = response.status().as_u16();
-    (status, response.text().await.expect("chat body"))
-}
-
 /// The path a user takes, end to end on real parts: the api streams what the real `inference`
 /// server generates and stores exactly what it streamed, with the server's token usage.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -34,7 +22,7 @@ async fn chat_streams_and_stores_what_the_real_inference_server_generates() {
     let ben = Client::new(&api)
         .register("ben@example.org", "correct horse")
         .await;
-    let (status, text) = chat(&ben, json!({ "message": "hello there" })).await;
+    let (status, text) = ben.chat(json!({ "message": "hello there" })).await;
     assert_eq!(status, 200, "{text}");
     let (events, _) = parse_sse(&text);
     assert_eq!(events[0].event, "session", "{text}");
@@ -84,7 +72,7 @@ async fn register_login_chat_stream_and_persist() {
     );
 
     // The first turn: deltas arrive as separate events, then `done`.
-    let (status, text) = chat(&ann, json!({ "message": "where does it hurt" })).await;
+    let (status, text) = ann.chat(json!({ "message": "where does it hurt" })).await;
     assert_eq!(status, 200, "{text}");
     let (events, _) = parse_sse(&text);
     assert_eq!(events[0].event, "session");
@@ -105,11 +93,9 @@ async fn register_login_chat_stream_and_persist() {
     assert_eq!(done.data["usage"]["completion_tokens"], 5);
 
     // The second turn in the same session sends the system prompt and the history.
-    let (status, text) = chat(
-        &ann,
-        json!({ "session_id": session_id, "message": "[wait] since when" }),
-    )
-    .await;
+    let (status, text) = ann
+        .chat(json!({ "session_id": session_id, "message": "[wait] since when" }))
+        .await;
     assert_eq!(status, 200, "{text}");
     let (events, comments) = parse_sse(&text);
     assert!(
@@ -212,7 +198,7 @@ async fn disconnects_failures_and_stream_limits_leave_partial_replies() {
         .to_owned();
 
     // While that stream is open, a second one for the same user is refused.
-    let (status, refused) = chat(&bob, json!({ "message": "again" })).await;
+    let (status, refused) = bob.chat(json!({ "message": "again" })).await;
     assert_eq!(status, 429, "{refused}");
     drop(body);
 
@@ -227,11 +213,9 @@ async fn disconnects_failures_and_stream_limits_leave_partial_replies() {
 
     // An LLM that breaks mid-answer: `event: error`, the partial reply is stored. The slot of the
     // abandoned stream is free again.
-    let (status, text) = chat(
-        &bob,
-        json!({ "session_id": session_id, "message": "[break] go on" }),
-    )
-    .await;
+    let (status, text) = bob
+        .chat(json!({ "session_id": session_id, "message": "[break] go on" }))
+        .await;
     assert_eq!(status, 200, "{text}");
     let (events, _) = parse_sse(&text);
     let last = events.last().expect("events");
@@ -244,11 +228,9 @@ async fn disconnects_failures_and_stream_limits_leave_partial_replies() {
     );
 
     // An LLM that goes silent hits the idle timeout.
-    let (_, text) = chat(
-        &bob,
-        json!({ "session_id": session_id, "message": "[hang] and?" }),
-    )
-    .await;
+    let (_, text) = bob
+        .chat(json!({ "session_id": session_id, "message": "[hang] and?" }))
+        .await;
     let (events, _) = parse_sse(&text);
     let last = events.last().expect("events");
     assert_eq!(last.event, "error", "{text}");
@@ -270,7 +252,7 @@ async fn unreachable_llm_is_an_error_event_and_not_ready() {
     let client = Client::new(&api)
         .register("cy@example.org", "password123")
         .await;
-    let (status, text) = chat(&client, json!({ "message": "hello" })).await;
+    let (status, text) = client.chat(json!({ "message": "hello" })).await;
     assert_eq!(status, 200);
     let (events, _) = parse_sse(&text);
     let last = events.last().expect("events");
@@ -303,7 +285,7 @@ async fn a_reply_that_cannot_be_stored_ends_in_an_error_event() {
         .register("cid@example.org", "hunter2hunter2")
         .await;
 
-    let (status, text) = chat(&cid, json!({ "message": "unstorable words" })).await;
+    let (status, text) = cid.chat(json!({ "message": "unstorable words" })).await;
     assert_eq!(status, 200, "{text}");
     let (events, _) = parse_sse(&text);
     let deltas: String = events
@@ -321,7 +303,7 @@ async fn a_reply_that_cannot_be_stored_ends_in_an_error_event() {
     assert!(last.data["message_id"].is_null(), "{text}");
 
     // A reply the database accepts still ends in `done` with its id.
-    let (_, text) = chat(&cid, json!({ "message": "fine words" })).await;
+    let (_, text) = cid.chat(json!({ "message": "fine words" })).await;
     let (events, _) = parse_sse(&text);
     let last = events.last().expect("events");
     assert_eq!(last.event, "done", "{text}");

@@ -10,19 +10,6 @@ use serde_json::{Value, json};
 use crate::support::llm::{CONTEXT_TOKENS, FakeLlm, SECRET_BODY};
 use crate::support::{Api, Client, Postgres, S3_ACCESS_KEY, S3_SECRET_KEY, S3Server, parse_sse};
 
-/// Status and the whole response text of one chat.
-async fn chat(client: &Client, body: Value) -> (u16, String) {
-    let response = client
-        .request(reqwest::Method::POST, "/api/chat")
-        .header("content-type", "application/json")
-        .body(body.to_string())
-        .send()
-        .await
-        .expect("chat request");
-    let status = response.status().as_u16();
-    (status, response.text().await.expect("chat body"))
-}
-
 async fn user_id(client: &Client) -> String {
     let (_, me) = client.get("/api/auth/me").await;
     me["id"].as_str().expect("user id").to_owned()
@@ -59,7 +46,7 @@ async fn every_users_chat_names_that_user_so_one_user_cannot_spend_everyones_bud
     let ann = anon.register("ann@example.org", "correct horse").await;
     let bob = anon.register("bob@example.org", "battery staple").await;
     for client in [&ann, &bob, &ann] {
-        let (status, text) = chat(client, json!({ "message": "hello" })).await;
+        let (status, text) = client.chat(json!({ "message": "hello" })).await;
         assert_eq!(status, 200, "{text}");
     }
     let (ann_id, bob_id) = (user_id(&ann).await, user_id(&bob).await);
@@ -468,11 +455,9 @@ async fn long_session_history_is_cut_to_fit_the_model_context() {
     .await
     .expect("insert 20 long messages");
 
-    let (status, text) = chat(
-        &ann,
-        json!({ "session_id": session_id, "message": "and now?" }),
-    )
-    .await;
+    let (status, text) = ann
+        .chat(json!({ "session_id": session_id, "message": "and now?" }))
+        .await;
     assert_eq!(status, 200, "{text}");
     let (events, _) = parse_sse(&text);
     let last = events.last().expect("events");
@@ -515,7 +500,7 @@ async fn llm_urls_and_error_bodies_never_reach_the_client() {
         ("[fail] hi", "llm_unavailable"),
         ("[garbage] hi", "llm_bad_response"),
     ] {
-        let (status, text) = chat(&ann, json!({ "message": message })).await;
+        let (status, text) = ann.chat(json!({ "message": message })).await;
         assert_eq!(status, 200, "{text}");
         assert!(!text.contains(SECRET_BODY), "{text}");
         assert!(
@@ -538,7 +523,7 @@ async fn llm_urls_and_error_bodies_never_reach_the_client() {
     let api = Api::start(&pg.url, &dead, &[]);
     let anon = Client::new(&api);
     let bob = anon.register("bob@example.org", "battery staple").await;
-    let (_, text) = chat(&bob, json!({ "message": "hello" })).await;
+    let (_, text) = bob.chat(json!({ "message": "hello" })).await;
     assert!(
         !text.contains(&dead_port.to_string()) && !text.contains("127.0.0.1"),
         "{text}"

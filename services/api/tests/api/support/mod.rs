@@ -169,6 +169,19 @@ pub struct Client {
 pub type Reply = (u16, Value);
 
 impl Client {
+    /// `POST /api/chat`: the status and the whole response text (the event stream, read to its end).
+    pub async fn chat(&self, body: Value) -> (u16, String) {
+        let response = self
+            .request(reqwest::Method::POST, "/api/chat")
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("chat request");
+        let status = response.status().as_u16();
+        (status, response.text().await.expect("chat body"))
+    }
+
     pub fn new(api: &Api) -> Client {
         Client {
             http: http_client(),
