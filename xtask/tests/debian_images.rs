@@ -17,24 +17,22 @@ const USER: &str = "65532:65532";
 /// Every character a URL or a shell would mangle.
 const PASSWORD: &str = "pa@ss:/?#%$word 'x\"";
 
-/// Writes the postgres and nginx images and their `docker load` archive under `dir`.
-fn build_archive(dir: &Path) -> (PathBuf, PathBuf) {
+/// Writes `images` and their `docker load` archive under `dir`.
+fn build_archive(dir: &Path, images: &[&str]) -> (PathBuf, PathBuf) {
     let out = dir.join("oci");
     let archive = dir.join("images.tar");
-    xtask(
-        &[
-            "image",
-            "postgres",
-            "nginx",
-            "--out",
-            &out.display().to_string(),
-            "--format",
-            "docker-archive",
-            "--archive",
-            &archive.display().to_string(),
-        ],
-        &[],
-    );
+    let (out_arg, archive_arg) = (out.display().to_string(), archive.display().to_string());
+    let mut args = vec!["image"];
+    args.extend_from_slice(images);
+    args.extend_from_slice(&[
+        "--out",
+        &out_arg,
+        "--format",
+        "docker-archive",
+        "--archive",
+        &archive_arg,
+    ]);
+    xtask(&args, &[]);
     (out, archive)
 }
 
@@ -160,7 +158,7 @@ fn postgres_initialises_a_volume_takes_a_password_and_keeps_its_data() {
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");
-    let (layout, archive) = build_archive(dir.path());
+    let (layout, archive) = build_archive(dir.path(), &["postgres", "nginx"]);
     let mut engine = Docker::new(docker, "pg");
     let images = engine.load(&layout, &archive);
     let image = image_id(&images, "postgres");
@@ -257,7 +255,7 @@ fn nginx_serves_its_page_and_passes_its_config_test() {
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");
-    let (layout, archive) = build_archive(dir.path());
+    let (layout, archive) = build_archive(dir.path(), &["postgres", "nginx"]);
     let mut engine = Docker::new(docker, "nginx");
     let images = engine.load(&layout, &archive);
     let image = image_id(&images, "nginx");
@@ -348,21 +346,7 @@ fn garage_starts_on_fresh_volumes_and_answers_its_health_check() {
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");
-    let out = dir.path().join("oci");
-    let archive = dir.path().join("garage.tar");
-    xtask(
-        &[
-            "image",
-            "garage",
-            "--out",
-            &out.display().to_string(),
-            "--format",
-            "docker-archive",
-            "--archive",
-            &archive.display().to_string(),
-        ],
-        &[],
-    );
+    let (out, archive) = build_archive(dir.path(), &["garage"]);
     let mut engine = Docker::new(docker, "garage");
     let images = engine.load(&out, &archive);
     let image = image_id(&images, "garage");
