@@ -7,26 +7,17 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use support::{Registry, RegistryAuth, RegistryTls};
 
 fn pin(topology: &Path, extra: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_xtask"))
+    support::registry_xtask()
         .arg("pin")
         .arg("--topology")
         .arg(topology)
         .args(["--plain-http", "--retries", "0"])
         .args(extra)
-        // Loopback only: a proxy from the environment must not sit between pin and registry.
-        .env_remove("HTTP_PROXY")
-        .env_remove("HTTPS_PROXY")
-        .env_remove("ALL_PROXY")
-        .env_remove("http_proxy")
-        .env_remove("https_proxy")
-        .env_remove("all_proxy")
-        .env_remove("CAIRN_REGISTRY_USERNAME")
-        .env_remove("CAIRN_REGISTRY_PASSWORD")
         .env("DOCKER_CONFIG", topology.with_file_name("no-docker-config"))
         .output()
         .expect("run xtask pin")

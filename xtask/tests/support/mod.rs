@@ -257,21 +257,12 @@ pub fn push_command(
     extra: &[&str],
     env: &[(&str, &str)],
 ) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_xtask"));
+    let mut command = registry_xtask();
     command
         .args(["push", "--json", "--layout"])
         .arg(layout)
         .args(["--registry", registry])
         .args(extra)
-        // Loopback only: a proxy from the environment must not sit between push and registry.
-        .env_remove("HTTP_PROXY")
-        .env_remove("HTTPS_PROXY")
-        .env_remove("ALL_PROXY")
-        .env_remove("http_proxy")
-        .env_remove("https_proxy")
-        .env_remove("all_proxy")
-        .env_remove("CAIRN_REGISTRY_USERNAME")
-        .env_remove("CAIRN_REGISTRY_PASSWORD")
         // An empty Docker config: the tests never read the user's own credentials.
         .env(
             "DOCKER_CONFIG",
@@ -374,4 +365,24 @@ pub fn assert_round_trip(
             theirs
         );
     }
+}
+
+/// `xtask` for a command that talks to the test's registry: on loopback only (a proxy from the
+/// environment must not sit between it and the registry), and never with the user's registry
+/// credentials from the environment.
+pub fn registry_xtask() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_xtask"));
+    for variable in [
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
+        "CAIRN_REGISTRY_USERNAME",
+        "CAIRN_REGISTRY_PASSWORD",
+    ] {
+        command.env_remove(variable);
+    }
+    command
 }
