@@ -14,6 +14,8 @@ use crate::topology::{Bind, Service, Topology, validate::split_link};
 /// Where the nginx container finds what the site needs.
 pub const NGINX_CERTS: &str = "/etc/nginx/certs";
 pub const NGINX_SPA_ROOT: &str = "/srv/www";
+/// Where nginx finds the ACME http-01 challenges certbot writes (`site.acme_webroot`).
+pub const NGINX_ACME_ROOT: &str = "/srv/acme";
 
 pub fn render_compose(topology: &Topology, server: &str, pins: &ImagePins) -> Result<Value> {
     let mut services = Map::new();
@@ -185,12 +187,17 @@ fn link_url(topology: &Topology, from: &Service, link: &str) -> Result<String> {
         })?;
     Ok(format!(
         "http://{}:{}{path}",
-        server.private_address, published.host
+        env::interpolate(server.private_address.get_ref()),
+        published.host
     ))
 }
 
 fn ports(topology: &Topology, service: &Service) -> Vec<String> {
-    let address = &topology.servers[service.server.get_ref()].private_address;
+    let address = env::interpolate(
+        topology.servers[service.server.get_ref()]
+            .private_address
+            .get_ref(),
+    );
     service
         .publish
         .iter()
@@ -219,6 +226,9 @@ fn volumes(topology: &Topology, name: &str, service: &Service) -> Vec<String> {
         volumes.push(mount("./nginx/nginx.conf", "/etc/nginx/nginx.conf", true));
         volumes.push(mount("./nginx/snippets", "/etc/nginx/snippets", true));
         volumes.push(mount(&site.certificates_dir, NGINX_CERTS, true));
+        if let Some(webroot) = &site.acme_webroot {
+            volumes.push(mount(webroot, NGINX_ACME_ROOT, true));
+        }
         if let Some(spa_root) = &site.spa_root {
             volumes.push(mount(spa_root, NGINX_SPA_ROOT, true));
         }
@@ -226,7 +236,9 @@ fn volumes(topology: &Topology, name: &str, service: &Service) -> Vec<String> {
     volumes
 }
 
+/// `SOURCE:TARGET[:ro]`, a `${SETTING}` in the source required from `.env`.
 fn mount(source: &str, target: &str, read_only: bool) -> String {
+    let source = env::interpolate(source);
     if read_only {
         format!("{source}:{target}:ro")
     } else {

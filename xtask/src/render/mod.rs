@@ -8,10 +8,12 @@
 //! inputs, write each file through a temporary file and a rename, or compare with `--check`).
 //! This module never decides what a deployment may contain: that is `topology`'s job.
 
+pub mod certbot;
 pub mod compose;
 pub mod crosscheck;
 pub mod env;
 pub mod images;
+pub mod init_env;
 pub mod nginx;
 pub mod schema;
 
@@ -100,6 +102,7 @@ pub fn render(
         source,
         origin: pins.origin(),
     };
+    let mut variables = BTreeMap::new();
     for server in topology.servers.keys() {
         let folder = PathBuf::from(format!("server-{server}"));
         let document = compose::render_compose(topology, server, pins)?;
@@ -115,14 +118,16 @@ pub fn render(
             folder.join("compose.yaml"),
             format!("{}{yaml}", header.lines()),
         );
+        let needed = env::referenced_variables(&document);
         rendering.add(
             folder.join(".env.example"),
             format!(
                 "{}{}",
                 header.lines(),
-                env::render_env_example(topology, server)
+                env::render_env_example(topology, server, &needed)
             ),
         );
+        variables.insert(server.clone(), needed);
         for name in compose::server_files(topology, server) {
             let text = pieces.server_files.get(&name).with_context(|| {
                 format!(
@@ -140,8 +145,16 @@ pub fn render(
             == server
         {
             add_nginx(&mut rendering, topology, &header, &folder, pieces)?;
+            rendering.add(
+                folder.join(certbot::FILE),
+                certbot::render_hook(topology, source),
+            );
         }
     }
+    rendering.add(
+        PathBuf::from(init_env::FILE),
+        init_env::render_init_env(topology, source, &variables),
+    );
     Ok(rendering)
 }
 
@@ -247,6 +260,13 @@ fn read_folder(dir: &Path) -> Result<BTreeMap<String, String>> {
     Ok(files)
 }
 
+/// Scripts (`init-env.sh`, the certbot hook) are written executable.
+fn is_executable(relative: &Path) -> bool {
+    relative
+        .extension()
+        .is_some_and(|extension| extension == "sh")
+}
+
 /// Writes every file through a temporary file and a rename, so a reader never sees half a file.
 pub fn write(rendering: &Rendering, out: &Path) -> Result<()> {
     for (relative, text) in &rendering.files {
@@ -262,6 +282,11 @@ pub fn write(rendering: &Rendering, out: &Path) -> Result<()> {
         ));
         std::fs::write(&temporary, text)
             .with_context(|| format!("writing {}", temporary.display()))?;
+        if is_executable(relative) {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(0o755))
+                .with_context(|| format!("making {} executable", temporary.display()))?;
+        }
         std::fs::rename(&temporary, &path)
             .with_context(|| format!("renaming {} to {}", temporary.display(), path.display()))?;
     }

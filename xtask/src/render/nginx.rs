@@ -15,7 +15,7 @@
 use std::fmt::Write;
 use std::path::Path;
 
-use super::compose::{NGINX_CERTS, NGINX_SPA_ROOT};
+use super::compose::{NGINX_ACME_ROOT, NGINX_CERTS, NGINX_SPA_ROOT};
 use crate::topology::Site;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,6 +154,20 @@ fn upstream(site: &Site, upstream_port: u16, variant: Variant, local: &LocalServ
 }
 
 fn redirect_server(site: &Site) -> String {
+    let acme = match &site.acme_webroot {
+        Some(_) => format!(
+            "
+        # ACME http-01 challenges, written by the operator's certbot into site.acme_webroot
+        # (certbot certonly --webroot): plain HTTP, as Let's Encrypt asks for them.
+        location ^~ /.well-known/acme-challenge/ {{
+            root {NGINX_ACME_ROOT};
+            default_type text/plain;
+            try_files $uri =404;
+        }}
+"
+        ),
+        None => String::new(),
+    };
     format!(
         "
     server {{
@@ -165,15 +179,24 @@ fn redirect_server(site: &Site) -> String {
             access_log off;
             return 204;
         }}
-
+{acme}
         location / {{
             return 301 https://$host$request_uri;
         }}
     }}
 ",
         port = site.http_port,
-        names = site.server_names.join(" "),
+        names = server_names(site),
     )
+}
+
+/// The site's names, or `_` (any host: the one site of a server, no domain baked in).
+fn server_names(site: &Site) -> String {
+    if site.server_names.is_empty() {
+        "_".to_owned()
+    } else {
+        site.server_names.join(" ")
+    }
 }
 
 fn tls_server(site: &Site) -> String {
@@ -189,7 +212,7 @@ fn tls_server(site: &Site) -> String {
 {locations}    }}
 ",
         port = site.https_port,
-        names = site.server_names.join(" "),
+        names = server_names(site),
         cert = site.certificate,
         key = site.certificate_key,
         locations = locations(site),

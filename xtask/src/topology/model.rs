@@ -17,6 +17,10 @@ pub struct Topology {
     pub networks: BTreeMap<String, Network>,
     #[serde(default)]
     pub secrets: BTreeMap<String, Secret>,
+    /// Per-deployment values only the operator knows (a domain, an address, a host folder):
+    /// `${NAME}` in the fields that allow it, a variable of the server's `.env`.
+    #[serde(default)]
+    pub settings: BTreeMap<String, Setting>,
     pub images: BTreeMap<String, Image>,
     pub services: BTreeMap<String, Service>,
 }
@@ -29,9 +33,17 @@ pub struct Site {
     pub service: Spanned<String>,
     /// The service `/api/` and `/v1/` are proxied to.
     pub upstream: Spanned<String>,
+    /// `server_name`s; left out, nginx answers for any host (`_`), which needs no domain baked
+    /// into the config of a one-site server.
+    #[serde(default)]
     pub server_names: Vec<String>,
-    /// Host directory with the certificate files, mounted read-only into nginx.
+    /// Host directory with the certificate files, mounted read-only into nginx (`${SETTING}`
+    /// allowed).
     pub certificates_dir: String,
+    /// Host directory the operator's certbot writes http-01 challenges into (`certbot certonly
+    /// --webroot -w DIR`); nginx serves `/.well-known/acme-challenge/` from it on port 80.
+    #[serde(default)]
+    pub acme_webroot: Option<String>,
     /// File names inside `certificates_dir`.
     pub certificate: String,
     pub certificate_key: String,
@@ -54,7 +66,8 @@ pub struct Site {
 pub struct Server {
     pub description: String,
     /// The address other servers reach this one on (a private network); private ports bind here.
-    pub private_address: String,
+    /// An IP address, or `${SETTING}` for one the operator gives in `.env`.
+    pub private_address: Spanned<String>,
     /// GPUs this server has; a service asking for a GPU must run where this is above zero.
     #[serde(default)]
     pub gpus: u32,
@@ -78,6 +91,34 @@ pub struct Network {
 pub struct Secret {
     /// What the operator must put in the variable; goes into `.env.example`.
     pub description: String,
+    /// How `init-env.sh` makes a value; left out, the operator must supply it.
+    #[serde(default)]
+    pub generate: Option<Generate>,
+}
+
+/// Random value formats `init-env.sh` can generate (from `/dev/urandom`).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Generate {
+    /// 32 random bytes as 64 lowercase hex characters (keys, passwords, tokens; also Garage's
+    /// RPC secret and S3 secret key format).
+    Hex32,
+    /// A Garage access key id: `GK` and 12 random bytes as 24 hex characters.
+    GarageKeyId,
+}
+
+/// A value the operator gives per deployment; goes into `.env` like a secret but is never
+/// generated.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Setting {
+    pub description: String,
+    /// Written into a new `.env` when the operator gives no value.
+    #[serde(default)]
+    pub default: Option<String>,
+    /// Shown in `.env.example` and the guide.
+    #[serde(default)]
+    pub example: Option<String>,
 }
 
 /// An image a service runs: one cairn builds (pinned at render time by the digest of the build)

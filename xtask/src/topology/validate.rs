@@ -48,7 +48,115 @@ pub fn check(topology: &Topology) -> Result<(), Problem> {
     }
     check_site(topology)?;
     check_ports(topology)?;
-    check_cycles(topology)
+    check_cycles(topology)?;
+    check_settings(topology)
+}
+
+/// The fields that may name per-deployment settings (`${NAME}` of `[settings]`), and the rule
+/// for a server's private address: an IP address or exactly one setting.
+fn check_settings(topology: &Topology) -> Result<(), Problem> {
+    for (name, setting) in &topology.settings {
+        if topology.secrets.contains_key(name) {
+            return Err(Problem {
+                offset: None,
+                message: format!("settings.{name}: also declared under [secrets]; pick one"),
+            });
+        }
+        if !is_variable_name(name) {
+            return Err(Problem {
+                offset: None,
+                message: format!(
+                    "settings.{name}: not a variable name (A-Z, 0-9 and _, not starting with a digit)"
+                ),
+            });
+        }
+        if let Some(default) = &setting.default
+            && !is_env_value(default)
+        {
+            return Err(Problem {
+                offset: None,
+                message: format!(
+                    "settings.{name}.default: {default:?} holds a character a .env line cannot carry as is (space, quote, $, # or \\)"
+                ),
+            });
+        }
+    }
+    for (key, server) in &topology.servers {
+        let address = server.private_address.get_ref();
+        let field = format!("servers.{key}.private_address");
+        if secret_references(address).is_empty() {
+            if address.parse::<std::net::IpAddr>().is_err() {
+                return Err(at(
+                    &server.private_address,
+                    format!("{field}: {address:?} is neither an IP address nor ${{SETTING}}"),
+                ));
+            }
+        } else {
+            check_setting_references(topology, &field, address, Some(&server.private_address))?;
+        }
+    }
+    let site = &topology.site;
+    check_setting_references::<()>(
+        topology,
+        "site.certificates_dir",
+        &site.certificates_dir,
+        None,
+    )?;
+    if let Some(webroot) = &site.acme_webroot {
+        check_setting_references::<()>(topology, "site.acme_webroot", webroot, None)?;
+    }
+    for (name, service) in &topology.services {
+        for (index, volume) in service.volumes.iter().enumerate() {
+            let field = format!("services.{name}.volumes[{index}].source");
+            check_setting_references::<()>(topology, &field, &volume.source, None)?;
+        }
+        if let Some(gpu) = &service.gpu {
+            let field = format!("services.{name}.gpu.model_dir");
+            check_setting_references(topology, &field, &gpu.get_ref().model_dir, Some(gpu))?;
+        }
+    }
+    Ok(())
+}
+
+fn check_setting_references<T>(
+    topology: &Topology,
+    field: &str,
+    value: &str,
+    location: Option<&Spanned<T>>,
+) -> Result<(), Problem> {
+    for reference in secret_references(value) {
+        if !topology.settings.contains_key(reference) {
+            let message = format!(
+                "{field}: refers to ${{{reference}}}, which is not declared under [settings] (settings: {})",
+                keys(&topology.settings)
+            );
+            return Err(match location {
+                Some(field) => at(field, message),
+                None => Problem {
+                    offset: None,
+                    message,
+                },
+            });
+        }
+    }
+    Ok(())
+}
+
+/// What a shell and compose accept as a variable name.
+pub fn is_variable_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_uppercase() || c == '_')
+        && chars.all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+}
+
+/// A value a `.env` line carries literally under compose v1 and v2 alike: no quoting, no
+/// interpolation, no comment.
+pub fn is_env_value(value: &str) -> bool {
+    value
+        .chars()
+        .all(|c| c.is_ascii_graphic() && !matches!(c, '"' | '\'' | '$' | '#' | '\\' | '`'))
 }
 
 /// `A.B.C.D/N` with N between 8 and 30, the address being the network's first (no host bits).
@@ -234,11 +342,11 @@ fn check_secrets(topology: &Topology, name: &str, service: &Service) -> Result<(
     for (variable, value) in &service.env {
         for reference in secret_references(value.get_ref()) {
             let declared_here = service.secrets.iter().any(|s| s.get_ref() == reference);
-            if !declared_here {
+            if !declared_here && !topology.settings.contains_key(reference) {
                 return Err(at(
                     value,
                     format!(
-                        "services.{name}.env.{variable}: refers to secret {reference:?}, which the service does not list in `secrets`"
+                        "services.{name}.env.{variable}: refers to {reference:?}, which is neither a secret the service lists in `secrets` nor a declared setting"
                     ),
                 ));
             }
