@@ -11,7 +11,7 @@
 //! the steps and the bundle's shape; it never assembles a layer, speaks the registry protocol or
 //! writes nginx or compose syntax itself.
 
-pub mod loading;
+pub mod guide;
 pub mod manifest;
 pub mod sbom;
 
@@ -113,9 +113,6 @@ pub fn run(args: &ReleaseArgs) -> Result<()> {
             write_archives(&report, &layout, bundle, plan.epoch)?;
             let ids = image_ids(&report);
             let pins = ImagePins::from_loaded_archives(&topology, &ids)?;
-            let per_server = loading::images_per_server(&topology);
-            let readme = loading::render_readme(&ids, &per_server);
-            write_atomically(&bundle.join("README.md"), readme.as_bytes())?;
             (ids, pins)
         }
     };
@@ -124,6 +121,20 @@ pub fn run(args: &ReleaseArgs) -> Result<()> {
     let source = relative(&root, &topology_path);
     let rendering = render::render(&topology, &source, &pins, &pieces)?;
     render::write(&rendering, bundle)?;
+    let shipped: Vec<guide::Shipped> = report
+        .images
+        .iter()
+        .map(|image| guide::Shipped {
+            name: image.name.clone(),
+            reference: references[&image.name].clone(),
+            archive: args
+                .registry
+                .is_none()
+                .then(|| format!("images/{}.tar", image.name)),
+        })
+        .collect();
+    let readme = guide::render_guide(&topology, &source, &shipped, args.registry.as_deref());
+    write_atomically(&bundle.join("README.md"), readme.as_bytes())?;
 
     let mut images = Vec::new();
     for (spec, result) in plan.images.iter().zip(&report.images) {
