@@ -158,6 +158,21 @@ pub fn api_env(database_url: &str, llm_base: &str, storage: &Path) -> Vec<(Strin
 
 impl Api {
     pub fn start(database_url: &str, llm_base: &str, extra: &[(&str, &str)]) -> Api {
+        Api::launch(database_url, llm_base, extra, Stdio::null())
+    }
+
+    /// Like [`Api::start`], with the api's log (its stdout) written to `log`.
+    pub fn start_logged(
+        database_url: &str,
+        llm_base: &str,
+        extra: &[(&str, &str)],
+        log: &Path,
+    ) -> Api {
+        let file = std::fs::File::create(log).expect("api log file");
+        Api::launch(database_url, llm_base, extra, file.into())
+    }
+
+    fn launch(database_url: &str, llm_base: &str, extra: &[(&str, &str)], log: Stdio) -> Api {
         let storage_dir = tempfile::Builder::new()
             .prefix("cairn-files")
             .tempdir()
@@ -170,7 +185,7 @@ impl Api {
             .envs(api_env(database_url, llm_base, storage_dir.path()))
             .env("API_LISTEN", format!("127.0.0.1:{port}"))
             .envs(extra.iter().map(|(k, v)| (*k, *v)))
-            .stdout(Stdio::null());
+            .stdout(log);
         let mut guard = ProcessGuard::spawn("api", &mut command);
         testkit::wait_until("api", Duration::from_secs(60), || {
             guard.assert_running();
