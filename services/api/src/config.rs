@@ -17,6 +17,37 @@ pub enum ConfigError {
     Missing(&'static str),
     #[error("environment variable {name} is invalid: {reason}")]
     Invalid { name: &'static str, reason: String },
+    #[error("environment variables {0} and {1} are both set: set only one")]
+    Conflict(&'static str, &'static str),
+}
+
+/// Where the database is and the password to log in with.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseConfig {
+    /// `DATABASE_URL`, as given: it may hold a password of its own.
+    pub url: String,
+    /// `DATABASE_PASSWORD`, or the contents of `DATABASE_PASSWORD_FILE`: when set, the password
+    /// used to log in, whatever `url` says. Handed to the driver as it is, never put into a URL,
+    /// so any character may appear in it.
+    pub password: Option<String>,
+}
+
+impl DatabaseConfig {
+    /// Reads only the database's variables from the process environment (for `api migrate`,
+    /// which needs nothing else).
+    pub fn from_env() -> Result<DatabaseConfig, ConfigError> {
+        database(&Env(&|name| std::env::var(name).ok()))
+    }
+}
+
+/// The URL and the password may both be secret: neither is shown.
+impl std::fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("url", &"<redacted>")
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 /// Where uploaded files live.
@@ -104,7 +135,7 @@ pub struct Limits {
 #[derive(Clone)]
 pub struct Config {
     pub listen: SocketAddr,
-    pub database_url: String,
+    pub database: DatabaseConfig,
     pub jwt_secret: String,
     pub token_ttl: Duration,
     pub dev_mode: bool,
@@ -120,6 +151,7 @@ impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Config")
             .field("listen", &self.listen)
+            .field("database", &self.database)
             .field("dev_mode", &self.dev_mode)
             .field("llm", &self.llm)
             .field("storage", &self.storage)
@@ -146,7 +178,7 @@ impl Config {
         let dev_mode = env.flag("API_DEV_MODE")?;
         Config {
             listen: env.parsed("API_LISTEN", "0.0.0.0:8000")?,
-            database_url: env.required("DATABASE_URL")?,
+            database: database(&env)?,
             jwt_secret: jwt_secret(&env, dev_mode)?,
             token_ttl: Duration::from_secs(env.parsed("JWT_TTL_SECONDS", "86400")?),
             dev_mode,
@@ -224,6 +256,45 @@ fn jwt_secret(env: &Env<'_>, dev_mode: bool) -> Result<String, ConfigError> {
         }
         None => Err(ConfigError::Missing("JWT_SECRET")),
     }
+}
+
+fn database(env: &Env<'_>) -> Result<DatabaseConfig, ConfigError> {
+    let url = env.required("DATABASE_URL")?;
+    let password = match (
+        env.optional("DATABASE_PASSWORD"),
+        env.optional("DATABASE_PASSWORD_FILE"),
+    ) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::Conflict(
+                "DATABASE_PASSWORD",
+                "DATABASE_PASSWORD_FILE",
+            ));
+        }
+        (Some(password), None) => Some(password),
+        (None, Some(path)) => Some(password_file(&path)?),
+        (None, None) => None,
+    };
+    Ok(DatabaseConfig { url, password })
+}
+
+/// The password in `DATABASE_PASSWORD_FILE` (a Docker secret): the file's contents less one
+/// trailing newline (`\n` or `\r\n`). Errors name the variable and the path, never the contents.
+fn password_file(path: &str) -> Result<String, ConfigError> {
+    const NAME: &str = "DATABASE_PASSWORD_FILE";
+    let invalid = |reason: String| ConfigError::Invalid { name: NAME, reason };
+    let bytes = std::fs::read(path).map_err(|err| invalid(format!("reading {path}: {err}")))?;
+    let mut text =
+        String::from_utf8(bytes).map_err(|_| invalid(format!("{path} is not UTF-8 text")))?;
+    if text.ends_with('\n') {
+        text.pop();
+        if text.ends_with('\r') {
+            text.pop();
+        }
+    }
+    if text.is_empty() {
+        return Err(invalid(format!("{path} holds no password")));
+    }
+    Ok(text)
 }
 
 fn storage(env: &Env<'_>) -> Result<StorageConfig, ConfigError> {
@@ -403,8 +474,74 @@ mod tests {
     fn debug_output_hides_secrets() {
         let mut vars = BASE.to_vec();
         vars.push(("LLM_API_KEY", "sk-very-secret"));
+        vars.push(("DATABASE_PASSWORD", "pg-very-secret"));
         let shown = format!("{:?}", parse(&vars).expect("valid"));
         assert!(!shown.contains("sk-very-secret"), "{shown}");
         assert!(!shown.contains("0123456789abcdef"), "{shown}");
+        assert!(!shown.contains("pg-very-secret"), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
+    }
+
+    #[test]
+    fn database_password_is_taken_as_it_is() {
+        assert_eq!(parse(BASE).expect("no password").database.password, None);
+        let mut vars = BASE.to_vec();
+        vars.push(("DATABASE_PASSWORD", "p@ss:w/rd?#%$ word"));
+        let database = parse(&vars).expect("valid").database;
+        assert_eq!(database.url, "postgres://db/app");
+        assert_eq!(database.password.as_deref(), Some("p@ss:w/rd?#%$ word"));
+    }
+
+    #[test]
+    fn database_password_file_loses_one_trailing_newline() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("password");
+        let path = file.to_str().expect("utf-8");
+        for (contents, expected) in [
+            ("p@ss word\n", "p@ss word"),
+            ("p@ss word\r\n", "p@ss word"),
+            ("p@ss word", "p@ss word"),
+            ("p@ss word\n\n", "p@ss word\n"),
+            (" spaced ", " spaced "),
+        ] {
+            std::fs::write(&file, contents).expect("write");
+            let mut vars = BASE.to_vec();
+            vars.push(("DATABASE_PASSWORD_FILE", path));
+            let database = parse(&vars).expect("valid").database;
+            assert_eq!(database.password.as_deref(), Some(expected), "{contents:?}");
+        }
+    }
+
+    #[test]
+    fn database_password_errors_name_the_variables() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("password");
+        std::fs::write(&file, "from-the-file\n").expect("write");
+        let path = file.to_str().expect("utf-8");
+        let mut vars = BASE.to_vec();
+        vars.push(("DATABASE_PASSWORD", "from-the-variable"));
+        vars.push(("DATABASE_PASSWORD_FILE", path));
+        let err = parse(&vars).expect_err("both");
+        assert_eq!(
+            err,
+            ConfigError::Conflict("DATABASE_PASSWORD", "DATABASE_PASSWORD_FILE")
+        );
+        assert!(err.to_string().contains("DATABASE_PASSWORD_FILE"), "{err}");
+
+        let missing = dir.path().join("absent");
+        let missing = missing.to_str().expect("utf-8");
+        let mut vars = BASE.to_vec();
+        vars.push(("DATABASE_PASSWORD_FILE", missing));
+        let err = parse(&vars).expect_err("no file").to_string();
+        assert!(
+            err.contains("DATABASE_PASSWORD_FILE") && err.contains(missing),
+            "{err}"
+        );
+
+        std::fs::write(&file, "\n").expect("write");
+        let mut vars = BASE.to_vec();
+        vars.push(("DATABASE_PASSWORD_FILE", path));
+        let err = parse(&vars).expect_err("empty").to_string();
+        assert!(err.contains("DATABASE_PASSWORD_FILE"), "{err}");
     }
 }

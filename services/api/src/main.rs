@@ -101,9 +101,8 @@ async fn run(command: Option<Command>) -> anyhow::Result<()> {
 }
 
 async fn migrate(action: MigrateAction) -> anyhow::Result<()> {
-    let url =
-        std::env::var("DATABASE_URL").map_err(|_| config::ConfigError::Missing("DATABASE_URL"))?;
-    let pool = db::connect(&url)
+    let database = config::DatabaseConfig::from_env()?;
+    let pool = db::connect(&database)
         .await
         .context("connecting to DATABASE_URL")?;
     if let MigrateAction::Up = action {
@@ -120,7 +119,7 @@ async fn migrate(action: MigrateAction) -> anyhow::Result<()> {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    let pool = db::connect(&config.database_url)
+    let pool = db::connect(&config.database)
         .await
         .context("connecting to DATABASE_URL")?;
     db::migrate_up(&pool).await.context("applying migrations")?;

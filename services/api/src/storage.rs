@@ -71,12 +71,91 @@ pub fn open(config: &StorageConfig) -> Result<Store, StorageError> {
     }
 }
 
-/// Readiness: the store answers a metadata request (a missing object is an answer).
-pub async fn ping(store: &dyn ObjectStore) -> Result<(), object_store::Error> {
-    match store.head(&Path::from("readiness-probe")).await {
-        Ok(_) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-        Err(err) => Err(err),
+/// Why the store is not ready: each cause has its readiness code ([`ProbeError::code`]). The
+/// messages name the bucket and the S3 error code, never a key.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("the S3 bucket {bucket:?} does not exist (S3_BUCKET)")]
+    BucketMissing { bucket: String },
+    #[error(
+        "the S3 server refuses the key for bucket {bucket:?} ({reason}): check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+    )]
+    AccessDenied { bucket: String, reason: String },
+    #[error("{0}")]
+    Unavailable(object_store::Error),
+}
+
+impl ProbeError {
+    /// The code readiness answers with.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ProbeError::BucketMissing { .. } => "storage_bucket_missing",
+            ProbeError::AccessDenied { .. } => "storage_access_denied",
+            ProbeError::Unavailable(_) => "storage_unavailable",
+        }
     }
+}
+
+/// S3 error codes that mean the server does not accept the key.
+const REFUSED_KEY_CODES: &[&str] = &[
+    "AccessDenied",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "InvalidSecurity",
+    "NotSignedUp",
+];
+
+/// Readiness: the store lists the (empty) `readiness-probe/` prefix. A listing, unlike a
+/// metadata request for a missing object, is refused when the bucket itself is missing.
+pub async fn ping(store: &dyn ObjectStore, config: &StorageConfig) -> Result<(), ProbeError> {
+    match store
+        .list_with_delimiter(Some(&Path::from("readiness-probe")))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(err) => Err(classify(err, config)),
+    }
+}
+
+/// Sorts a failed probe by its cause. `object_store` keeps the S3 status and error body only
+/// in its messages (its request error types are private), so they are read from there.
+fn classify(err: object_store::Error, config: &StorageConfig) -> ProbeError {
+    let StorageConfig::S3 { bucket, .. } = config else {
+        return ProbeError::Unavailable(err);
+    };
+    let bucket = bucket.clone();
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(&err);
+    while let Some(cause) = source {
+        text.push('\n');
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    let code = s3_error_code(&text);
+    let refused_status = matches!(
+        err,
+        object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. }
+    ) || text.contains("status code: 403")
+        || text.contains("status code: 401");
+    match code {
+        Some("NoSuchBucket") => ProbeError::BucketMissing { bucket },
+        Some(code) if REFUSED_KEY_CODES.contains(&code) => ProbeError::AccessDenied {
+            bucket,
+            reason: code.to_owned(),
+        },
+        _ if refused_status => ProbeError::AccessDenied {
+            bucket,
+            reason: code.map_or_else(|| "HTTP 403".to_owned(), str::to_owned),
+        },
+        _ => ProbeError::Unavailable(err),
+    }
+}
+
+/// The `<Code>` of an S3 XML error body within `text`.
+fn s3_error_code(text: &str) -> Option<&str> {
+    let (_, rest) = text.split_once("<Code>")?;
+    let (code, _) = rest.split_once("</Code>")?;
+    Some(code.trim())
 }
 
 /// Writes `body` to `location` as it arrives, failing with [`UploadError::TooLarge`] as soon as
@@ -156,5 +235,83 @@ where
             return Err(UploadError::TooLarge { limit: self.limit });
         }
         Ok(Some(chunk))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s3() -> StorageConfig {
+        StorageConfig::S3 {
+            endpoint: "http://s3:3900".into(),
+            bucket: "cairn-files".into(),
+            region: "garage".into(),
+            access_key_id: "GK-id".into(),
+            secret_access_key: "very-secret".into(),
+        }
+    }
+
+    /// The message `object_store` gives for a refused listing.
+    fn refused(status: &str, body: &str) -> object_store::Error {
+        object_store::Error::Generic {
+            store: "S3",
+            source: format!(
+                "Error performing list request: Error performing GET http://s3:3900/cairn-files?list-type=2 in 2ms - Server returned non-2xx status code: {status}: {body}"
+            )
+            .into(),
+        }
+    }
+
+    fn body(code: &str) -> String {
+        format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code><Message>m</Message></Error>"
+        )
+    }
+
+    #[test]
+    fn a_missing_bucket_and_a_refused_key_have_their_own_codes() {
+        let missing = classify(refused("404 Not Found", &body("NoSuchBucket")), &s3());
+        assert_eq!(missing.code(), "storage_bucket_missing");
+        assert!(missing.to_string().contains("\"cairn-files\""), "{missing}");
+        for code in [
+            "InvalidAccessKeyId",
+            "SignatureDoesNotMatch",
+            "AccessDenied",
+        ] {
+            let denied = classify(refused("403 Forbidden", &body(code)), &s3());
+            assert_eq!(denied.code(), "storage_access_denied", "{code}");
+            let shown = denied.to_string();
+            assert!(
+                shown.contains(code) && !shown.contains("very-secret"),
+                "{shown}"
+            );
+        }
+        let bare = classify(refused("403 Forbidden", ""), &s3());
+        assert_eq!(bare.code(), "storage_access_denied");
+        let other = classify(
+            refused("500 Internal Server Error", &body("InternalError")),
+            &s3(),
+        );
+        assert_eq!(other.code(), "storage_unavailable");
+    }
+
+    #[test]
+    fn a_local_store_is_only_ever_unavailable() {
+        let local = StorageConfig::Local {
+            dir: "/nowhere".into(),
+        };
+        let err = classify(refused("404 Not Found", &body("NoSuchBucket")), &local);
+        assert_eq!(err.code(), "storage_unavailable");
+    }
+
+    #[tokio::test]
+    async fn a_local_directory_is_ready() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = StorageConfig::Local {
+            dir: dir.path().to_owned(),
+        };
+        let store = open(&config).expect("open");
+        ping(store.as_ref(), &config).await.expect("ready");
     }
 }

@@ -8,21 +8,35 @@ pub mod messages;
 pub mod sessions;
 pub mod users;
 
+use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+use crate::config::DatabaseConfig;
 
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
-/// Opens the pool; fails when the database cannot be reached within a few seconds.
-pub async fn connect(url: &str) -> Result<PgPool, sqlx::Error> {
+/// Opens the pool; fails when the database cannot be reached within a few seconds. Every
+/// connection, the migrations' included, uses [`connect_options`].
+pub async fn connect(database: &DatabaseConfig) -> Result<PgPool, sqlx::Error> {
     PgPoolOptions::new()
         .max_connections(16)
         .acquire_timeout(Duration::from_secs(5))
-        .connect(url)
+        .connect_with(connect_options(database)?)
         .await
+}
+
+/// `DATABASE_URL`, with `DATABASE_PASSWORD` (when given) as the password in place of any the
+/// URL holds: handed to the driver as it is, so it needs no URL encoding.
+pub fn connect_options(database: &DatabaseConfig) -> Result<PgConnectOptions, sqlx::Error> {
+    let options = PgConnectOptions::from_str(&database.url)?;
+    Ok(match &database.password {
+        Some(password) => options.password(password),
+        None => options,
+    })
 }
 
 /// Applies every migration not yet recorded.

@@ -3,8 +3,9 @@
 //!
 //! Readiness is public, so it must be cheap and must not amplify: the checks run at most once
 //! per `API_READY_CACHE_MS`, one run at a time ([`ReadinessCache`]); every request in between
-//! gets the cached answer. A failed check shows as a code (`database_unavailable`, …); its
-//! cause, which may name hosts and URLs, is logged only.
+//! gets the cached answer. A failed check shows as a code (`database_unavailable`,
+//! `storage_bucket_missing`, …); its cause, which may name hosts and URLs, is logged only, in
+//! one line per round.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -68,35 +69,50 @@ impl ReadinessCache {
     }
 }
 
-/// Runs one check with the deadline: `"ok"`, or `code` with the cause logged.
+/// Runs one check with the deadline: `"ok"`, or the failure's code (`code_of`; a timeout is
+/// `unavailable`) with its cause logged in one line.
 async fn check<E: std::fmt::Display>(
-    code: &'static str,
+    name: &'static str,
+    unavailable: &'static str,
+    code_of: impl Fn(&E) -> &'static str,
     probe: impl std::future::Future<Output = Result<(), E>>,
 ) -> &'static str {
     match tokio::time::timeout(CHECK_TIMEOUT, probe).await {
         Ok(Ok(())) => "ok",
         Ok(Err(err)) => {
-            tracing::warn!(check = code, error = %err, "not ready");
+            let code = code_of(&err);
+            tracing::warn!(check = name, code, error = %err, "not ready");
             code
         }
         Err(_) => {
             tracing::warn!(
-                check = code,
+                check = name,
+                code = unavailable,
                 "not ready: no answer within {CHECK_TIMEOUT:?}"
             );
-            code
+            unavailable
         }
     }
 }
 
 async fn check_all(state: &AppState) -> Readiness {
+    const DATABASE: &str = "database_unavailable";
+    const STORAGE: &str = "storage_unavailable";
+    const LLM: &str = "llm_unavailable";
     let (database, storage, llm) = tokio::join!(
-        check("database_unavailable", crate::db::ping(&state.pool)),
         check(
-            "storage_unavailable",
-            crate::storage::ping(state.store.as_ref())
+            "database",
+            DATABASE,
+            |_| DATABASE,
+            crate::db::ping(&state.pool)
         ),
-        check("llm_unavailable", state.llm.ping()),
+        check(
+            "storage",
+            STORAGE,
+            crate::storage::ProbeError::code,
+            crate::storage::ping(state.store.as_ref(), &state.config.storage),
+        ),
+        check("llm", LLM, |_| LLM, state.llm.ping()),
     );
     Readiness {
         database,

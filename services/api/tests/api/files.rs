@@ -148,24 +148,93 @@ async fn round_trip_on_s3() {
     );
 }
 
+/// Readiness tells a missing bucket and a refused key apart, by code only; the one log line
+/// names the cause and the bucket, never the secret.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn wrong_s3_credentials_make_the_api_unready() {
+async fn a_missing_bucket_or_a_refused_key_makes_the_api_unready() {
     let Some(s3) = S3Server::start() else { return };
     let Some(pg) = Postgres::start() else { return };
     let llm = FakeLlm::start().await;
-    let api = Api::start(
-        &pg.url,
-        &llm.base,
-        &[
-            ("STORAGE_BACKEND", "s3"),
-            ("S3_ENDPOINT", &s3.endpoint),
-            ("S3_BUCKET", &s3.bucket),
-            ("AWS_ACCESS_KEY_ID", S3_ACCESS_KEY),
-            ("AWS_SECRET_ACCESS_KEY", "not-the-secret"),
-        ],
-    );
-    let (status, ready) = Client::new(&api).get("/api/health/ready").await;
-    assert_eq!(status, 503, "{ready}");
-    assert_ne!(ready["checks"]["storage"], "ok");
-    assert!(!ready.to_string().contains("not-the-secret"), "{ready}");
+    let logs = tempfile::tempdir().expect("tempdir");
+    for (case, bucket, key_id, secret, code, cause) in [
+        (
+            "present",
+            s3.bucket.as_str(),
+            S3_ACCESS_KEY,
+            S3_SECRET_KEY,
+            "ok",
+            "",
+        ),
+        (
+            "missing-bucket",
+            "cairn-no-such-bucket",
+            S3_ACCESS_KEY,
+            S3_SECRET_KEY,
+            "storage_bucket_missing",
+            "does not exist",
+        ),
+        (
+            "wrong-secret",
+            s3.bucket.as_str(),
+            S3_ACCESS_KEY,
+            "not-the-secret",
+            "storage_access_denied",
+            "refuses the key",
+        ),
+        (
+            "unknown-key",
+            s3.bucket.as_str(),
+            "cairn-unknown-access",
+            S3_SECRET_KEY,
+            "storage_access_denied",
+            "refuses the key",
+        ),
+    ] {
+        let log = logs.path().join(format!("{case}.log"));
+        let api = Api::start_logged(
+            &pg.url,
+            &llm.base,
+            &[
+                ("STORAGE_BACKEND", "s3"),
+                ("S3_ENDPOINT", &s3.endpoint),
+                ("S3_BUCKET", bucket),
+                ("S3_REGION", "us-east-1"),
+                ("AWS_ACCESS_KEY_ID", key_id),
+                ("AWS_SECRET_ACCESS_KEY", secret),
+            ],
+            &log,
+        );
+        let (status, ready) = Client::new(&api).get("/api/health/ready").await;
+        assert_eq!(ready["checks"]["storage"], code, "{case}: {ready}");
+        assert_eq!(
+            status,
+            if code == "ok" { 200 } else { 503 },
+            "{case}: {ready}"
+        );
+        let shown = ready.to_string();
+        assert!(
+            !shown.contains(&s3.endpoint) && !shown.contains(bucket) && !shown.contains(secret),
+            "{case}: readiness answers carry codes only: {shown}"
+        );
+        drop(api);
+        let log = std::fs::read_to_string(&log).expect("api log");
+        if code == "ok" {
+            assert!(!log.contains("not ready"), "{case}: {log}");
+            continue;
+        }
+        let lines: Vec<&str> = log.lines().filter(|l| l.contains("not ready")).collect();
+        assert_eq!(
+            lines.len(),
+            1,
+            "{case}: one line per readiness round: {log}"
+        );
+        assert!(
+            lines[0].contains(code) && lines[0].contains(cause) && lines[0].contains(bucket),
+            "{case}: the log names the cause and the bucket: {log}"
+        );
+        assert!(
+            !log.contains("not-the-secret") && !log.contains(S3_SECRET_KEY),
+            "{case}: {log}"
+        );
+    }
 }

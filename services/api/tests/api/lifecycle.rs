@@ -174,3 +174,91 @@ async fn migrations_health_metrics_and_graceful_shutdown() {
     let (_, stored) = user.get(&format!("/api/sessions/{id}")).await;
     assert_eq!(stored["messages"][1]["status"], "partial", "{stored}");
 }
+
+/// Every character a URL reserves, and a space.
+const DATABASE_PASSWORD: &str = "p@ss:w/rd?#%$ word";
+
+/// A database password goes in `DATABASE_PASSWORD` (or `DATABASE_PASSWORD_FILE`) as it is, in
+/// place of any password in `DATABASE_URL`; pasted into the URL it breaks, and it is never shown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_password_with_url_reserved_characters_logs_in() {
+    let Some(pg) = Postgres::start_with_password_role("cairn", DATABASE_PASSWORD).await else {
+        return;
+    };
+    let llm = FakeLlm::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("postgres://cairn@127.0.0.1:{}/cairn", pg.port);
+    let migrate = |env: &[(String, String)], extra: &[(&str, &str)]| {
+        let mut command = api_command(env);
+        command.envs(extra.iter().copied()).args(["migrate", "up"]);
+        command.output().expect("run api migrate up")
+    };
+    let env = api_env(&url, &llm.base, dir.path());
+
+    // The password is really asked for: without it the login is refused.
+    let output = migrate(&env, &[]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && stderr.contains("DATABASE_URL"),
+        "{stderr}"
+    );
+    // Pasted raw into the URL, as compose used to render it, it does not work, nor show.
+    let pasted = format!(
+        "postgres://cairn:{DATABASE_PASSWORD}@127.0.0.1:{}/cairn",
+        pg.port
+    );
+    let output = migrate(&api_env(&pasted, &llm.base, dir.path()), &[]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(!stderr.contains("w/rd"), "{stderr}");
+
+    // `migrate` with the password in a file (a Docker secret, with its trailing newline).
+    let file = dir.path().join("db-password");
+    std::fs::write(&file, format!("{DATABASE_PASSWORD}\n")).expect("write secret");
+    let file = file.to_str().expect("utf-8 path");
+    let output = migrate(&env, &[("DATABASE_PASSWORD_FILE", file)]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // Both at once is an error naming both.
+    let output = migrate(
+        &env,
+        &[
+            ("DATABASE_PASSWORD", DATABASE_PASSWORD),
+            ("DATABASE_PASSWORD_FILE", file),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success()
+            && stderr.contains("DATABASE_PASSWORD and DATABASE_PASSWORD_FILE")
+            && !stderr.contains("w/rd"),
+        "{stderr}"
+    );
+
+    // `serve`, with a wrong password in the URL that DATABASE_PASSWORD overrides.
+    let wrong = format!("postgres://cairn:wrong@127.0.0.1:{}/cairn", pg.port);
+    let api = Api::start(
+        &wrong,
+        &llm.base,
+        &[("DATABASE_PASSWORD", DATABASE_PASSWORD)],
+    );
+    let anon = Client::new(&api);
+    let (code, ready) = anon.get("/api/health/ready").await;
+    assert_eq!(
+        (code, &ready["checks"]["database"]),
+        (200, &json!("ok")),
+        "{ready}"
+    );
+    anon.register("bea@example.org", "correct horse").await;
+    let (status, login) = anon
+        .post(
+            "/api/auth/login",
+            &json!({ "email": "bea@example.org", "password": "correct horse" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{login}");
+    assert!(login["token"].is_string(), "{login}");
+}

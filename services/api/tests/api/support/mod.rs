@@ -21,7 +21,9 @@ use testkit::ProcessGuard;
 
 /// A PostgreSQL cluster owned by the test (`testkit::postgres`).
 pub struct Postgres {
+    /// The superuser's URL (trust authentication).
     pub url: String,
+    pub port: u16,
     _server: testkit::postgres::Running,
     _dir: tempfile::TempDir,
 }
@@ -29,6 +31,38 @@ pub struct Postgres {
 impl Postgres {
     /// Starts a fresh cluster, or `None` (test skipped) when PostgreSQL is not installed.
     pub fn start() -> Option<Postgres> {
+        Postgres::start_with(|_| {})
+    }
+
+    /// A cluster where every role but the superuser must log in over TCP with its password
+    /// (`scram-sha-256`), and `role` (password `password`) owns a database of its own name.
+    pub async fn start_with_password_role(role: &str, password: &str) -> Option<Postgres> {
+        let pg = Postgres::start_with(|cluster| {
+            let hba = cluster.data_dir().join("pg_hba.conf");
+            let rest = std::fs::read_to_string(&hba).expect("read pg_hba.conf");
+            let first = "host all postgres 127.0.0.1/32 trust\n\
+                         host all all 127.0.0.1/32 scram-sha-256\n";
+            std::fs::write(&hba, format!("{first}{rest}")).expect("write pg_hba.conf");
+        })?;
+        let admin = sqlx::PgPool::connect(&pg.url)
+            .await
+            .expect("superuser login");
+        let quoted = password.replace('\'', "''");
+        for statement in [
+            format!("CREATE ROLE \"{role}\" LOGIN PASSWORD '{quoted}'"),
+            format!("CREATE DATABASE \"{role}\" OWNER \"{role}\""),
+        ] {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
+                .execute(&admin)
+                .await
+                .expect("create the role");
+        }
+        admin.close().await;
+        Some(pg)
+    }
+
+    /// Starts a cluster after `prepare` has seen it initialised but not yet running.
+    fn start_with(prepare: impl FnOnce(&testkit::postgres::Cluster)) -> Option<Postgres> {
         if !testkit::postgres::require() {
             return None;
         }
@@ -36,11 +70,15 @@ impl Postgres {
             .prefix("cairn-pg")
             .tempdir()
             .expect("tempdir");
-        let server = testkit::postgres::Cluster::new(dir.path(), testkit::free_port())
+        let cluster = testkit::postgres::Cluster::new(dir.path(), testkit::free_port());
+        cluster.init().expect("initdb");
+        prepare(&cluster);
+        let server = cluster
             .start(&[("fsync", "off")], Duration::from_secs(30))
             .expect("start PostgreSQL");
         Some(Postgres {
             url: server.url(),
+            port: server.port(),
             _server: server,
             _dir: dir,
         })
@@ -120,6 +158,21 @@ pub fn api_env(database_url: &str, llm_base: &str, storage: &Path) -> Vec<(Strin
 
 impl Api {
     pub fn start(database_url: &str, llm_base: &str, extra: &[(&str, &str)]) -> Api {
+        Api::launch(database_url, llm_base, extra, Stdio::null())
+    }
+
+    /// Like [`Api::start`], with the api's log (its stdout) written to `log`.
+    pub fn start_logged(
+        database_url: &str,
+        llm_base: &str,
+        extra: &[(&str, &str)],
+        log: &Path,
+    ) -> Api {
+        let file = std::fs::File::create(log).expect("api log file");
+        Api::launch(database_url, llm_base, extra, file.into())
+    }
+
+    fn launch(database_url: &str, llm_base: &str, extra: &[(&str, &str)], log: Stdio) -> Api {
         let storage_dir = tempfile::Builder::new()
             .prefix("cairn-files")
             .tempdir()
@@ -132,7 +185,7 @@ impl Api {
             .envs(api_env(database_url, llm_base, storage_dir.path()))
             .env("API_LISTEN", format!("127.0.0.1:{port}"))
             .envs(extra.iter().map(|(k, v)| (*k, *v)))
-            .stdout(Stdio::null());
+            .stdout(log);
         let mut guard = ProcessGuard::spawn("api", &mut command);
         testkit::wait_until("api", Duration::from_secs(60), || {
             guard.assert_running();
