@@ -33,6 +33,34 @@ fn default_rendering() -> Rendering {
     .expect("render")
 }
 
+/// The CPU variant renders too (it mounts the model folder as a volume, not a GPU's model_dir):
+/// the README's main job releases it.
+#[test]
+fn the_cpu_topology_renders_and_mounts_its_model_folder_from_a_setting() {
+    let path = root().join("deploy/topology-cpu.toml");
+    let topology = topology::load(&path).expect("the CPU topology loads");
+    let pieces = read_pieces(&root(), &path).expect("pieces");
+    let rendering = render(
+        &topology,
+        "deploy/topology-cpu.toml",
+        &ImagePins::placeholders(&topology),
+        &pieces,
+    )
+    .expect("render");
+    let compose = &rendering.files[std::path::Path::new("server-b/compose.yaml")];
+    assert!(
+        compose.contains(&format!(
+            "{}:/models:ro",
+            super::env::required("MODEL_HOST_DIR")
+        )),
+        "{compose}"
+    );
+    assert!(
+        !compose.contains("\nvolumes:"),
+        "no named volume: {compose}"
+    );
+}
+
 fn committed(relative: &str) -> String {
     let path = root().join(DEFAULT_OUT).join(relative);
     std::fs::read_to_string(&path).unwrap_or_else(|err| panic!("{}: {err}", path.display()))

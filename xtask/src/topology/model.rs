@@ -240,8 +240,12 @@ pub struct Volume {
 }
 
 impl Volume {
+    /// A named volume, not a bind mount of a host path: a path starts with `/` or `.`, or is a
+    /// `${SETTING}` the operator gives.
     pub fn is_named(&self) -> bool {
-        !(self.source.starts_with('/') || self.source.starts_with('.'))
+        !(self.source.starts_with('/')
+            || self.source.starts_with('.')
+            || self.source.starts_with("${"))
     }
 }
 
