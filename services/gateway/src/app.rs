@@ -141,7 +141,8 @@ pub fn serve(config: Config, metrics: PrometheusHandle) -> Result<(), ServeError
     }
     runtime.block_on(async move {
         spawn_background(&state, &config, metrics);
-        tracing::info!(%address, workers = config.workers, api = ?urls(&state.api), inference = ?urls(&state.inference), "gateway listening");
+        let inference_upstream_key = state.inference.upstream_authorization.is_some();
+        tracing::info!(%address, workers = config.workers, api = ?urls(&state.api), inference = ?urls(&state.inference), inference_upstream_key, "gateway listening");
         tokio::select! {
             () = shutdown => {}
             () = all_finished(&workers) => tracing::error!("every worker stopped"),

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use http::HeaderValue;
 use http::uri::{Authority, Uri};
 use ipnet::IpNet;
 use serde::Deserialize;
@@ -63,6 +64,47 @@ pub struct PoolConfig {
     pub connect_timeout: Duration,
     /// Time until the upstream's response headers (streams may then run as long as they like).
     pub response_timeout: Duration,
+    /// The credential the gateway shows every instance of the pool (inference's
+    /// `INFERENCE_API_KEY`); `None` sends none.
+    pub upstream_key: Option<UpstreamKey>,
+}
+
+/// A pool's upstream key, held as the `Authorization: Bearer <key>` header it is sent as
+/// (marked sensitive). Its `Debug` never shows it, and no error repeats it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct UpstreamKey {
+    authorization: HeaderValue,
+}
+
+impl UpstreamKey {
+    /// Checks a key: visible ASCII, no whitespace. The message never repeats the value.
+    pub fn parse(key: &str) -> Result<UpstreamKey, String> {
+        if key.is_empty() {
+            return Err("the key is empty".into());
+        }
+        if !key.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(format!(
+                "the key ({} characters, not shown) must be visible ASCII without spaces or control characters: it is sent as `Authorization: Bearer <key>`",
+                key.chars().count()
+            ));
+        }
+        let mut authorization = HeaderValue::from_str(&format!("Bearer {key}"))
+            .map_err(|_| "the key is not a valid header value".to_owned())?;
+        authorization.set_sensitive(true);
+        Ok(UpstreamKey { authorization })
+    }
+
+    /// `Bearer <key>`, the value of the `Authorization` header forwarded requests carry.
+    pub fn authorization(&self) -> &HeaderValue {
+        &self.authorization
+    }
+}
+
+impl std::fmt::Debug for UpstreamKey {
+    // Secrets never reach a log line, not even through `{:?}`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("redacted")
+    }
 }
 
 /// One upstream instance, `http://host:port`.
@@ -195,6 +237,7 @@ struct FilePool {
     critical: Option<bool>,
     connect_timeout_ms: Option<u64>,
     response_timeout_ms: Option<u64>,
+    upstream_key: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -270,6 +313,10 @@ fn resolve(
         &file.pools.api,
         "/api/health",
         30_000,
+        KeyRule::Refused(
+            "the api pool takes no upstream key: the api authenticates each user by the \
+             `Authorization` the client sent (a JWT), which the gateway forwards and a key would replace",
+        ),
     )?;
     let inference = resolve_pool(
         &lookup,
@@ -278,6 +325,7 @@ fn resolve(
         &file.pools.inference,
         "/health",
         120_000,
+        KeyRule::Accepted,
     )?;
     let health_check = resolve_health_check(&lookup, &file.health_check)?;
     let rate_limits = RateLimitConfig {
@@ -385,6 +433,12 @@ fn resolve(
     })
 }
 
+/// Whether a pool may be given an upstream key, and why not.
+enum KeyRule {
+    Accepted,
+    Refused(&'static str),
+}
+
 fn resolve_pool(
     lookup: &Lookup,
     var: &str,
@@ -392,6 +446,7 @@ fn resolve_pool(
     file: &FilePool,
     default_health_path: &str,
     default_response_ms: u64,
+    key_rule: KeyRule,
 ) -> Result<PoolConfig, ConfigError> {
     let upstreams_var = format!("GATEWAY_{var}_UPSTREAMS");
     let upstreams = lookup
@@ -415,6 +470,19 @@ fn resolve_pool(
             parse_path,
         )?
         .unwrap_or_else(|| default_health_path.to_owned());
+    // Empty is unset, as for JWT_SECRET: compose renders an unset `${INFERENCE_API_KEY}` as "".
+    let upstream_key = lookup
+        .text(
+            &format!("GATEWAY_{var}_UPSTREAM_KEY"),
+            file.upstream_key.as_ref(),
+            &format!("pools.{key}.upstream_key"),
+            |value| match (&key_rule, value) {
+                (_, "") => Ok(None),
+                (KeyRule::Accepted, value) => UpstreamKey::parse(value).map(Some),
+                (KeyRule::Refused(why), _) => Err((*why).to_owned()),
+            },
+        )?
+        .flatten();
     Ok(PoolConfig {
         upstreams,
         health_path,
@@ -431,6 +499,7 @@ fn resolve_pool(
             file.response_timeout_ms,
             default_response_ms,
         )?,
+        upstream_key,
     })
 }
 
@@ -728,6 +797,71 @@ mod tests {
         let e = env(&MINIMAL[..2]);
         let err = load(&e).expect_err("no auth").to_string();
         assert!(err.contains("JWT_SECRET"), "{err}");
+    }
+
+    #[test]
+    fn upstream_key_is_checked_and_never_shown() {
+        let mut e = env(MINIMAL);
+        e.0.insert("GATEWAY_INFERENCE_UPSTREAM_KEY".into(), "b-key-7f3e".into());
+        let config = load(&e).expect("valid");
+        let debug = format!("{config:?}");
+        assert!(debug.contains("upstream_key: Some(redacted)"), "{debug}");
+        assert!(!debug.contains("b-key-7f3e"), "{debug}");
+        assert!(!format!("{:?}", config.api).contains("Some(redacted)"));
+        // Empty is unset: compose renders an unset `${INFERENCE_API_KEY}` as "".
+        e.0.insert("GATEWAY_INFERENCE_UPSTREAM_KEY".into(), String::new());
+        let config = load(&e).expect("empty is unset");
+        assert!(format!("{config:?}").contains("upstream_key: None"));
+        for bad in ["two words", " lead", "trail\n", "caf\u{e9}", "nul\0"] {
+            e.0.insert("GATEWAY_INFERENCE_UPSTREAM_KEY".into(), bad.into());
+            let err = load(&e).expect_err(bad).to_string();
+            assert!(err.starts_with("GATEWAY_INFERENCE_UPSTREAM_KEY:"), "{err}");
+            assert!(!err.contains(bad.trim()), "the key is shown: {err}");
+        }
+    }
+
+    #[test]
+    fn the_api_pool_takes_no_upstream_key() {
+        // The api reads the caller's own `Authorization` (a user's JWT); a key would replace it.
+        let mut e = env(MINIMAL);
+        e.0.insert("GATEWAY_API_UPSTREAM_KEY".into(), "k".into());
+        let err = load(&e).expect_err("api key refused").to_string();
+        assert!(err.starts_with("GATEWAY_API_UPSTREAM_KEY:"), "{err}");
+        let path = write_file(
+            "api-key.toml",
+            "[pools.api]\nupstreams = [\"http://a:1\"]\nupstream_key = \"k\"\n",
+        );
+        let e = env(&[
+            ("GATEWAY_CONFIG", path.to_str().expect("utf-8")),
+            ("GATEWAY_INFERENCE_UPSTREAMS", "http://b:2"),
+            ("JWT_SECRET", "x"),
+        ]);
+        let err = load(&e).expect_err("api key refused").to_string();
+        assert!(
+            err.contains("line 3, key `pools.api.upstream_key`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn upstream_key_in_the_file_names_its_line() {
+        let path = write_file(
+            "inference-key.toml",
+            "jwt_secret = \"x\"\n[pools.api]\nupstreams = [\"http://a:1\"]\n[pools.inference]\nupstreams = [\"http://b:2\"]\nupstream_key = \"has space\"\n",
+        );
+        let e = env(&[("GATEWAY_CONFIG", path.to_str().expect("utf-8"))]);
+        let err = load(&e).expect_err("bad key").to_string();
+        assert!(
+            err.contains("line 6, key `pools.inference.upstream_key`"),
+            "{err}"
+        );
+        assert!(!err.contains("has space"), "{err}");
+        let e = env(&[
+            ("GATEWAY_CONFIG", path.to_str().expect("utf-8")),
+            ("GATEWAY_INFERENCE_UPSTREAM_KEY", "from-env"),
+        ]);
+        let config = load(&e).expect("env wins");
+        assert!(format!("{config:?}").contains("upstream_key: Some(redacted)"));
     }
 
     fn write_file(name: &str, text: &str) -> PathBuf {

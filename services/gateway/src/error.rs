@@ -1,7 +1,7 @@
 //! Every way a request can fail at the gateway, and the one place where each becomes an HTTP
 //! response: a JSON body `{"error": {"code", "message"}}` with the status the issue names
 //! (404 unknown route, 401 unauthenticated /v1, 413 body too large, 429 rate limited,
-//! 502 connect failure, 503 nobody healthy, 504 timeout).
+//! 502 connect failure or an upstream refusing the gateway's key, 503 nobody healthy, 504 timeout).
 //!
 //! The `Display` text names upstreams and their errors and is for the log; a client is told
 //! only the code and a message without internal addresses or upstream output
@@ -47,6 +47,13 @@ pub enum GatewayError {
         upstream: String,
         timeout: Duration,
     },
+    /// The upstream answered 401 to a request whose caller the gateway had authenticated (and
+    /// whose credential it kept): the gateway's own upstream key is missing or wrong.
+    #[error("{service} at {upstream} refused the gateway's upstream key (answered 401)")]
+    UpstreamUnauthorized {
+        service: &'static str,
+        upstream: String,
+    },
     #[error("{service} at {upstream} failed: {detail}")]
     UpstreamFailed {
         service: &'static str,
@@ -65,9 +72,9 @@ impl GatewayError {
             GatewayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::NoHealthyUpstream { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            GatewayError::UpstreamConnect { .. } | GatewayError::UpstreamFailed { .. } => {
-                StatusCode::BAD_GATEWAY
-            }
+            GatewayError::UpstreamConnect { .. }
+            | GatewayError::UpstreamUnauthorized { .. }
+            | GatewayError::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -83,6 +90,7 @@ impl GatewayError {
             GatewayError::NoHealthyUpstream { .. } => "no_healthy_upstream",
             GatewayError::UpstreamConnect { .. } => "upstream_connect_failed",
             GatewayError::UpstreamTimeout { .. } => "upstream_timeout",
+            GatewayError::UpstreamUnauthorized { .. } => "upstream_unauthorized",
             GatewayError::UpstreamFailed { .. } => "upstream_failed",
         }
     }
@@ -101,6 +109,9 @@ impl GatewayError {
             }
             GatewayError::UpstreamFailed { service, .. } => {
                 format!("the {service} service failed to answer")
+            }
+            GatewayError::UpstreamUnauthorized { service, .. } => {
+                format!("the {service} service refused the gateway")
             }
             GatewayError::Unauthorized(_)
             | GatewayError::BadRequest(_)

@@ -1,6 +1,8 @@
 //! Active health checks: one task per pool probes every instance's health path at the
 //! configured interval and feeds the outcomes to the pool's state machine. `probe` is also what
-//! `/api/health/all` uses, so both see an instance the same way.
+//! `/api/health/all` uses, so both see an instance the same way. Probes carry no upstream key:
+//! the health paths are open (inference's `/health`, the api's `/api/health`), and the key goes
+//! only with the requests that need it.
 //!
 //! It must never route traffic or decide health thresholds (that is `pool`).
 

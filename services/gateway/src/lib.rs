@@ -34,6 +34,8 @@
 //! | `GATEWAY_INFERENCE_CONNECT_TIMEOUT_MS` | `pools.inference.connect_timeout_ms` | `2000` | Same, for inference. |
 //! | `GATEWAY_API_RESPONSE_TIMEOUT_MS` | `pools.api.response_timeout_ms` | `30000` | Time until the api's response headers (504 after); bodies and streams are not bounded. |
 //! | `GATEWAY_INFERENCE_RESPONSE_TIMEOUT_MS` | `pools.inference.response_timeout_ms` | `120000` | Same, for inference. |
+//! | `GATEWAY_INFERENCE_UPSTREAM_KEY` | `pools.inference.upstream_key` | unset | Inference's `INFERENCE_API_KEY`: every request forwarded to inference carries `Authorization: Bearer <key>` (health probes do not: `/health` is open). Visible ASCII, no spaces; empty is unset; never logged. An inference 401 becomes a 502 `upstream_unauthorized`. |
+//! | `GATEWAY_API_UPSTREAM_KEY` | `pools.api.upstream_key` | unset | Refused at start-up: the api reads the caller's own `Authorization` (a user's JWT), which a key would replace. |
 //! | `GATEWAY_HEALTH_INTERVAL_MS` | `health_check.interval_ms` | `5000` | Active health check period. |
 //! | `GATEWAY_HEALTH_TIMEOUT_MS` | `health_check.timeout_ms` | `1000` | Timeout of one active probe. |
 //! | `GATEWAY_HEALTH_FAILURES_TO_EJECT` | `health_check.failures_to_eject` | `2` | Consecutive failed probes that take an instance out. |
@@ -59,7 +61,8 @@
 //! Upstreams receive `X-Request-Id`, `X-Forwarded-For`/`-Proto`/`-Host`, `X-Real-IP`, and on
 //! `/v1` `x-cairn-user` (the JWT's `sub`, `api-key:N`, or `api-key:N/user:ID` when an API key
 //! holder names its end user in `X-Cairn-End-User`); any `x-cairn-*` header a client sends is
-//! dropped, and `Authorization` is not forwarded to inference.
+//! dropped, and the caller's `Authorization` is not forwarded to inference (the gateway's own
+//! `GATEWAY_INFERENCE_UPSTREAM_KEY` is, when set).
 
 pub mod app;
 pub mod client_body;

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::body::Body;
+use http::HeaderValue;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -136,6 +137,9 @@ pub struct Pool {
     pub health_path: String,
     pub critical: bool,
     pub response_timeout: Duration,
+    /// `Authorization: Bearer <key>` for every forwarded request (never for the probes: the
+    /// health paths are open), when the pool has an upstream key.
+    pub upstream_authorization: Option<HeaderValue>,
     rules: HealthCheckConfig,
     next: AtomicUsize,
 }
@@ -163,6 +167,10 @@ impl Pool {
             health_path: config.health_path.clone(),
             critical: config.critical,
             response_timeout: config.response_timeout,
+            upstream_authorization: config
+                .upstream_key
+                .as_ref()
+                .map(|key| key.authorization().clone()),
             rules,
             next: AtomicUsize::new(0),
         }
@@ -275,6 +283,7 @@ mod tests {
             critical: true,
             connect_timeout: Duration::from_secs(1),
             response_timeout: Duration::from_secs(1),
+            upstream_key: None,
         };
         let pool = Pool::new(Service::Api, &config, RULES, 2);
         let picks: Vec<String> = (0..3)

@@ -1,6 +1,8 @@
 //! Forwarding: `/api/*` to the api pool and `/v1/*` to the inference pool, paths unchanged,
 //! bodies streamed both ways (never collected, so SSE events pass as they come), WebSocket
 //! upgrades tunnelled. Before a request leaves: rate limits, `/v1` edge auth, the body limit.
+//! On `/v1` the caller's `Authorization` stays here and the pool's upstream key, if any, is sent
+//! instead; an upstream 401 there is the gateway's key failing, a 502 of the gateway's own.
 //! Connect errors eject the instance (passive health); failures map to 502/503/504.
 //!
 //! It must never parse configuration or render errors itself (that is `error`).
@@ -105,6 +107,7 @@ pub async fn forward(
         .then(|| head.extensions.remove::<OnUpgrade>())
         .flatten();
     let mut outgoing = upstream_request(head, body, &forwarding, state.max_body_bytes);
+    let authenticated_here = caller.is_some();
     if let Some(caller) = caller {
         // The credential stays at the edge; inference learns who called from x-cairn-user.
         outgoing.headers_mut().remove(AUTHORIZATION);
@@ -112,8 +115,25 @@ pub async fn forward(
             outgoing.headers_mut().insert(USER_HEADER, value);
         }
     }
+    if let Some(authorization) = &pool.upstream_authorization {
+        // The gateway's own credential (server A to server B), never the client's.
+        outgoing
+            .headers_mut()
+            .insert(AUTHORIZATION, authorization.clone());
+    }
     let timer = &connection.response_timer;
     let mut response = send(pool, instance, timer, outgoing, state.max_body_bytes).await?;
+    if authenticated_here && response.status() == StatusCode::UNAUTHORIZED {
+        // The caller's credential was good and never left: the upstream refused the gateway's.
+        // Its 401 would tell the caller otherwise, so it is answered here and its body dropped.
+        let (service, upstream) = (pool.service.name(), instance.upstream.url());
+        tracing::warn!(
+            service,
+            upstream,
+            "upstream answered 401 to the gateway: GATEWAY_INFERENCE_UPSTREAM_KEY must be inference's INFERENCE_API_KEY"
+        );
+        return Err(GatewayError::UpstreamUnauthorized { service, upstream });
+    }
     let (upgrade, permit) = match client_upgrade {
         Some(client_side) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
             // A tunnel holds the caller's slot for as long as it is open.

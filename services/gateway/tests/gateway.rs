@@ -1168,3 +1168,208 @@ async fn connections_beyond_the_per_ip_cap_are_refused() {
     .await;
     drop(gw);
 }
+
+// ---- Server A to server B (issue 15): the gateway authenticates to inference. ----
+
+/// Inference's `INFERENCE_API_KEY`, which only the gateway holds.
+const UPSTREAM_KEY: &str = "b-side-key-Qx2-7f3e";
+
+/// A chat completion for the tiny model, as a client of the gateway sends it.
+fn completion(url: String, token: Option<&str>) -> http::Request<Body> {
+    let mut request = http::Request::post(url).header("content-type", "application/json");
+    if let Some(token) = token {
+        request = bearer(request, token);
+    }
+    let body = serde_json::json!({
+        "model": inference::MODEL,
+        "messages": [{"role": "user", "content": "hello"}],
+        "max_tokens": 4,
+        "seed": 15,
+    });
+    request.body(Body::from(body.to_string())).expect("request")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upstream_key_authenticates_the_gateway_to_inference() {
+    let key = [("INFERENCE_API_KEY", UPSTREAM_KEY)];
+    let Some(inference) = inference::Inference::start("upstream-key", &key).await else {
+        return;
+    };
+    let api = Upstream::start("api").await;
+    let port = testkit::free_port();
+    let mut command = gateway_command(port, &[api.url()], &[inference.url()]);
+    command
+        .env("GATEWAY_INFERENCE_UPSTREAM_KEY", UPSTREAM_KEY)
+        .env("RUST_LOG", "debug");
+    let gw = start("upstream-key", command).await;
+
+    // Callers show the gateway their own credential (an API key, a user's JWT); inference sees
+    // only the gateway's.
+    for token in [API_KEY.to_owned(), user_token("user-15")] {
+        let answer = send(completion(gw.url("/v1/chat/completions"), Some(&token))).await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+        let json = answer.json();
+        assert_eq!(json["object"], "chat.completion", "{json}");
+        assert_eq!(json["model"], inference::MODEL);
+        assert!(
+            json["usage"]["completion_tokens"].as_u64() > Some(0),
+            "{json}"
+        );
+    }
+    let models = send(
+        bearer(http::Request::get(gw.url("/v1/models")), API_KEY)
+            .body(Body::empty())
+            .expect("req"),
+    )
+    .await;
+    assert_eq!(models.status, StatusCode::OK, "{}", models.body);
+    assert_eq!(models.json()["data"][0]["id"], inference::MODEL);
+
+    // Inference's health route is open: the probes need no key, and the instance stays up.
+    let health = get(&gw.url("/api/health/all")).await;
+    assert_eq!(health.status, StatusCode::OK, "{}", health.body);
+    assert_eq!(
+        health.json()["services"][1]["status"],
+        "ok",
+        "{}",
+        health.body
+    );
+
+    // Inference itself refuses anyone without the key, the gateway's own callers included.
+    for token in [None, Some(API_KEY)] {
+        let direct = send(completion(inference.url() + "/v1/chat/completions", token)).await;
+        assert_eq!(direct.status, StatusCode::UNAUTHORIZED, "{}", direct.body);
+    }
+
+    let log = gw.log();
+    assert!(
+        log.contains("gateway listening"),
+        "the log was written: {log}"
+    );
+    assert!(
+        !log.contains(UPSTREAM_KEY),
+        "the key leaked into the log:\n{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_right_upstream_key_the_gateway_answers_for_itself() {
+    let key = [("INFERENCE_API_KEY", UPSTREAM_KEY)];
+    let Some(inference) = inference::Inference::start("no-upstream-key", &key).await else {
+        return;
+    };
+    let api = Upstream::start("api").await;
+    let wrong_key = "not-inference-s-key-9d1";
+    for (name, upstream_key) in [
+        ("no-upstream-key", None),
+        ("wrong-upstream-key", Some(wrong_key)),
+    ] {
+        let port = testkit::free_port();
+        let mut command = gateway_command(port, &[api.url()], &[inference.url()]);
+        if let Some(upstream_key) = upstream_key {
+            command.env("GATEWAY_INFERENCE_UPSTREAM_KEY", upstream_key);
+        }
+        let gw = start(name, command).await;
+        let answer = send(completion(gw.url("/v1/chat/completions"), Some(API_KEY))).await;
+        // Not inference's 401: the caller's credential was right, the gateway's was not.
+        assert_eq!(
+            answer.status,
+            StatusCode::BAD_GATEWAY,
+            "{name}: {}",
+            answer.body
+        );
+        assert_eq!(
+            answer.json()["error"]["code"],
+            "upstream_unauthorized",
+            "{name}: {}",
+            answer.body
+        );
+        assert!(!answer.headers.contains_key("www-authenticate"), "{name}");
+        let body = answer.body.to_lowercase();
+        for leak in [
+            "invalid_api_key",
+            "api key",
+            "127.0.0.1",
+            &inference.port.to_string(),
+        ] {
+            assert!(!body.contains(leak), "{name}: {leak} in {}", answer.body);
+        }
+        eventually(
+            "the refusal in the log, naming the variable",
+            Duration::from_secs(5),
+            || async { gw.log().contains("GATEWAY_INFERENCE_UPSTREAM_KEY") },
+        )
+        .await;
+        assert!(
+            !gw.log().contains(wrong_key),
+            "{name}: the key leaked into the log"
+        );
+    }
+}
+
+#[test]
+fn a_bad_upstream_key_is_named_and_never_shown() {
+    let api = "http://127.0.0.1:9".to_owned();
+    for bad in ["two words", "tab\there", "caf\u{e9}-key"] {
+        let mut command = gateway_command(
+            testkit::free_port(),
+            std::slice::from_ref(&api),
+            std::slice::from_ref(&api),
+        );
+        command.env("GATEWAY_INFERENCE_UPSTREAM_KEY", bad);
+        let (code, stderr) = failure(command);
+        assert_eq!(code, 2, "{stderr}");
+        assert!(
+            stderr.contains("GATEWAY_INFERENCE_UPSTREAM_KEY"),
+            "{stderr}"
+        );
+        assert!(!stderr.contains(bad), "the key shown: {stderr}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upstream_key_goes_to_inference_only_and_never_with_the_callers_credential() {
+    let api = Upstream::start("api").await;
+    let inference = Upstream::start("inference").await;
+    let port = testkit::free_port();
+    let mut command = gateway_command(port, &[api.url()], &[inference.url()]);
+    command.env("GATEWAY_INFERENCE_UPSTREAM_KEY", UPSTREAM_KEY);
+    let gw = start("upstream-key-headers", command).await;
+    let v1 = send(
+        bearer(http::Request::get(gw.url("/v1/models")), API_KEY)
+            .body(Body::empty())
+            .expect("req"),
+    )
+    .await;
+    assert_eq!(v1.status, StatusCode::OK, "{}", v1.body);
+    let seen = &v1.json()["headers"];
+    assert_eq!(seen["authorization"], format!("Bearer {UPSTREAM_KEY}"));
+    assert_eq!(seen["x-cairn-user"], "api-key:0");
+    // The api authenticates users itself: their token reaches it, the key never does.
+    let token = user_token("user-15");
+    let api_call = send(
+        bearer(http::Request::get(gw.url("/api/me")), &token)
+            .body(Body::empty())
+            .expect("req"),
+    )
+    .await;
+    assert_eq!(api_call.status, StatusCode::OK, "{}", api_call.body);
+    assert_eq!(
+        api_call.json()["headers"]["authorization"],
+        format!("Bearer {token}")
+    );
+    // The health probes carry no key (the health paths are open).
+    let probes = |upstream: &Upstream| {
+        let load = |n: &std::sync::atomic::AtomicUsize| n.load(std::sync::atomic::Ordering::SeqCst);
+        (
+            load(&upstream.health_hits),
+            load(&upstream.health_authorized),
+        )
+    };
+    eventually("inference probed", Duration::from_secs(5), || async {
+        probes(&inference).0 > 0
+    })
+    .await;
+    assert_eq!(probes(&inference).1, 0, "a probe carried Authorization");
+    assert_eq!(probes(&api).1, 0, "a probe carried Authorization");
+}

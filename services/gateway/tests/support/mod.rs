@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod inference;
+
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -152,6 +154,8 @@ pub struct Upstream {
     pub sse_sent: Arc<Mutex<Vec<Instant>>>,
     /// How many health probes (`/api/health`, `/health`) this upstream answered.
     pub health_hits: Arc<AtomicUsize>,
+    /// How many of those probes carried an `Authorization` header.
+    pub health_authorized: Arc<AtomicUsize>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -167,6 +171,7 @@ impl Upstream {
             port,
             sse_sent: Arc::default(),
             health_hits: Arc::default(),
+            health_authorized: Arc::default(),
             stop: None,
             task: None,
         };
@@ -184,6 +189,7 @@ impl Upstream {
             self.name,
             Arc::clone(&self.sse_sent),
             Arc::clone(&self.health_hits),
+            Arc::clone(&self.health_authorized),
         );
         self.stop = Some(stop);
         self.task = Some(tokio::spawn(async move {
@@ -217,9 +223,13 @@ fn upstream_app(
     name: &'static str,
     sse_sent: Arc<Mutex<Vec<Instant>>>,
     health_hits: Arc<AtomicUsize>,
+    health_authorized: Arc<AtomicUsize>,
 ) -> Router {
-    let health = move || {
+    let health = move |headers: HeaderMap| {
         health_hits.fetch_add(1, Ordering::SeqCst);
+        if headers.contains_key(http::header::AUTHORIZATION) {
+            health_authorized.fetch_add(1, Ordering::SeqCst);
+        }
         async { "ok" }
     };
     let v1_sent = Arc::clone(&sse_sent);
