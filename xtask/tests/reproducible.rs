@@ -33,6 +33,7 @@ mod image_support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Instant;
 
 use image_support::{index, layers, xtask};
 
@@ -125,7 +126,9 @@ fn build_and_assemble(
     let mut build = vec!["build"];
     build.extend_from_slice(WORKSPACE_BINARIES);
     build.push("--json");
+    let started = Instant::now();
     let output = xtask(&build, &envs);
+    let build_time = started.elapsed();
     let built: serde_json::Value = serde_json::from_slice(&output.stdout).expect("build JSON");
     let mut args: Vec<String> = images.iter().map(|image| (*image).to_owned()).collect();
     args.insert(0, "image".into());
@@ -148,7 +151,14 @@ fn build_and_assemble(
         }
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let started = Instant::now();
     let output = xtask(&args, &envs);
+    eprintln!(
+        "{}: xtask build {:.1} s, xtask image {:.1} s",
+        checkout.display(),
+        build_time.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
     serde_json::from_slice(&output.stdout).expect("image --json")
 }
 
@@ -339,17 +349,13 @@ fn two_checkouts_give_identical_digests_and_a_change_touches_only_its_layers() {
     let second = worktree(repo, &dir.path().join("elsewhere/checkout-two"));
     let (out_one, out_two) = (dir.path().join("oci-one"), dir.path().join("oci-two"));
     let target_two = dir.path().join("target-two");
-    let started = std::time::Instant::now();
     let report_one = build_and_assemble(
         &first.path,
         &dir.path().join("target-one"),
         &out_one,
         &images,
     );
-    eprintln!("first checkout: {:.1} s", started.elapsed().as_secs_f64());
-    let started = std::time::Instant::now();
     build_and_assemble(&second.path, &target_two, &out_two, &images);
-    eprintln!("second checkout: {:.1} s", started.elapsed().as_secs_f64());
     assert_eq!(
         std::fs::read(out_one.join("index.json")).expect("index"),
         std::fs::read(out_two.join("index.json")).expect("index"),
@@ -368,9 +374,7 @@ fn two_checkouts_give_identical_digests_and_a_change_touches_only_its_layers() {
 
     write_main(&second.path, "fixture-a", "changed");
     repin_rebuilt(&second.path, "postgres", CHANGED_PACKAGE);
-    let started = std::time::Instant::now();
     let report_changed = build_and_assemble(&second.path, &target_two, &out_two, &images);
-    eprintln!("changed: {:.1} s", started.elapsed().as_secs_f64());
     let (before, after) = (report_layers(&report_one), report_layers(&report_changed));
     let compressed: Vec<(&str, &str)> = after
         .iter()
