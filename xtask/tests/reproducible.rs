@@ -27,7 +27,9 @@
 //!
 //! `pg-entrypoint` and `http-probe` are built in each checkout from scratch, with the flags a
 //! release uses: sharing one target directory between the checkouts would hide exactly the
-//! differences this test looks for. They cost little (the heavy part is the package layers).
+//! differences this test looks for. Measured on a loaded 2-core machine: `pg-entrypoint`'s
+//! release build (thiserror, syn) 13 s per checkout (7 s of CPU), all four binaries 29 s, writing
+//! the five images 6 s; the whole test about 1.5 min (README, Performance).
 
 mod image_support;
 
