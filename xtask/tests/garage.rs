@@ -7,10 +7,13 @@
 //! Under CI the binary is built when the cache lacks it (a long build, once per machine);
 //! elsewhere the tests skip with a reason until `cargo xtask build garage` has run.
 
+mod image_support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use image_support::garage_binary;
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
@@ -23,32 +26,6 @@ const KEY_ID: &str = "GK0123456789abcdef01234567";
 const SECRET_KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
 const BUCKET: &str = "cairn";
 const DEADLINE: Duration = Duration::from_secs(60);
-
-/// The cached Garage binary; built first under CI, None (skip) elsewhere when not built.
-fn garage_binary() -> Option<PathBuf> {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_xtask"));
-    command.args(["build", "garage", "--json"]);
-    if !testkit::in_ci() {
-        command.arg("--no-build");
-    }
-    let output = command
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("run xtask build garage");
-    if !output.status.success() {
-        assert!(
-            !testkit::in_ci(),
-            "cargo xtask build garage failed under CI"
-        );
-        eprintln!("SKIPPED: garage is not built (run `cargo xtask build garage`, about 25 min)");
-        return None;
-    }
-    let built: serde_json::Value =
-        serde_json::from_slice(&output.stdout).expect("build --json prints JSON");
-    Some(PathBuf::from(
-        built[0]["path"].as_str().expect("a path for garage"),
-    ))
-}
 
 /// One Garage node: its configuration file, ports, and the server process.
 struct Node {

@@ -1,9 +1,9 @@
 //! What the image tests share: running the xtask binary, compiling the fixture server, reading a
-//! layout's index.
+//! layout's index, finding the cached Garage binary.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
 pub const FIXTURE_SOURCE: &str = include_str!("fixture.rs");
 
@@ -125,4 +125,30 @@ pub fn layers(layout: &Path, name: &str) -> Vec<String> {
         .iter()
         .map(|l| l["digest"].as_str().expect("digest").to_owned())
         .collect()
+}
+
+/// The cached Garage binary; built first under CI, None (skip) elsewhere when not built.
+pub fn garage_binary() -> Option<PathBuf> {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_xtask"));
+    command.args(["build", "garage", "--json"]);
+    if !testkit::in_ci() {
+        command.arg("--no-build");
+    }
+    let output = command
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run xtask build garage");
+    if !output.status.success() {
+        assert!(
+            !testkit::in_ci(),
+            "cargo xtask build garage failed under CI"
+        );
+        eprintln!("SKIPPED: garage is not built (run `cargo xtask build garage`, about 25 min)");
+        return None;
+    }
+    let built: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("build --json prints JSON");
+    Some(PathBuf::from(
+        built[0]["path"].as_str().expect("a path for garage"),
+    ))
 }
