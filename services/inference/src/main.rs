@@ -132,7 +132,12 @@ async fn run(config: ServeConfig) -> anyhow::Result<()> {
     let (stop_streams, shutdown) = watch::channel(false);
     let state = AppState {
         ready: Arc::new(OnceLock::new()),
-        api_key: config.api_key.as_deref().map(Arc::from),
+        // Empty is unset, as in the gateway: compose renders an unset `${INFERENCE_API_KEY}` as "".
+        api_key: config
+            .api_key
+            .as_deref()
+            .filter(|key| !key.is_empty())
+            .map(Arc::from),
         metrics,
         shutdown,
     };

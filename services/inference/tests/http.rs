@@ -382,6 +382,22 @@ async fn bad_requests_get_openai_error_objects() {
     assert_eq!(body["error"]["param"], "temperature");
 }
 
+/// An empty key is no key, as in the gateway (compose renders an unset `${INFERENCE_API_KEY}`
+/// as ""): before, it let in exactly the callers who sent no key, and refused every key.
+#[tokio::test]
+async fn an_empty_api_key_is_no_key() {
+    let server = Server::start(&[("INFERENCE_API_KEY", "")]).await;
+    let body = chat("x", json!({"max_tokens": 2}));
+    for key in [None, Some("anything")] {
+        let mut request = server.post(&body);
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        let answer = request.send().await.expect("request");
+        assert_eq!(answer.status(), 200, "key {key:?}");
+    }
+}
+
 #[tokio::test]
 async fn an_api_key_guards_v1_but_not_health() {
     let server = Server::start(&[("INFERENCE_API_KEY", "s3cret")]).await;
