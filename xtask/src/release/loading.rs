@@ -2,9 +2,9 @@
 //! loads before `docker compose up`, and why. Pure text from the facts the release knows; this
 //! module never runs anything.
 //!
-//! The compose files of such a bundle pin cairn's images by Docker image ID (`sha256:<config
-//! digest>`), which a server has only after `docker load`: without it compose tries to pull
-//! `sha256:…` from Docker Hub and fails.
+//! The compose files of such a bundle pin cairn's images by the content tag of their
+//! docker-archive (`cairn/NAME:manifest-<hex of the manifest digest>`), which a server has only
+//! after `docker load`: without it compose tries to pull the tag from Docker Hub and fails.
 
 use std::collections::BTreeMap;
 
@@ -33,9 +33,10 @@ pub fn images_per_server(topology: &Topology) -> BTreeMap<String, Vec<String>> {
     per_server
 }
 
-/// The README: `ids` maps each built image to its ID, `per_server` names what each server runs.
+/// The README: `tags` maps each built image to its archive's content tag, `per_server` names
+/// what each server runs.
 pub fn render_readme(
-    ids: &BTreeMap<String, String>,
+    tags: &BTreeMap<String, String>,
     per_server: &BTreeMap<String, Vec<String>>,
 ) -> String {
     let mut text = String::from(
@@ -43,15 +44,16 @@ pub fn render_readme(
          \n\
          Written by `cargo xtask release` without a registry: cairn's images travel in this bundle\n\
          as docker-archives (`images/`) and as one OCI layout (`oci/`). The compose files pin each\n\
-         cairn image by its Docker image ID, `sha256:<config digest>`, which the engine computes\n\
-         from the image it loads: a server has it only after `docker load`. Without the load,\n\
-         compose tries to pull `sha256:…` from Docker Hub and fails.\n\
+         cairn image by the tag its archive gives it, `cairn/NAME:manifest-<manifest digest>`\n\
+         (the `digest` of `release.json`): a server has it only after `docker load`, with Docker's\n\
+         classic or containerd image store alike. Without the load, compose tries to pull the tag\n\
+         from Docker Hub and fails. `topology.toml` is the topology the bundle was rendered from.\n\
          \n\
-         | image | archive | image ID (what compose pins) |\n\
+         | image | archive | image reference (what compose pins) |\n\
          | --- | --- | --- |\n",
     );
-    for (name, id) in ids {
-        text.push_str(&format!("| {name} | images/{name}.tar | `{id}` |\n"));
+    for (name, tag) in tags {
+        text.push_str(&format!("| {name} | images/{name}.tar | `{tag}` |\n"));
     }
     for (server, images) in per_server {
         let archives: Vec<String> = images.iter().map(|i| format!("`images/{i}.tar`")).collect();
@@ -70,7 +72,7 @@ pub fn render_readme(
         ));
     }
     text.push_str(
-        "\n`docker image inspect cairn/NAME:latest --format '{{.Id}}'` prints the ID compose pins.\n\
+        "\n`docker image ls cairn/NAME` lists what a load tagged: that tag and `cairn/NAME:latest`.\n\
          Third-party images (nginx, PostgreSQL, object storage) are pulled as the topology pins\n\
          them. To run from a registry instead, release with `--registry`, or push the layout:\n\
          `skopeo copy oci:oci:NAME docker://HOST/cairn/NAME:TAG`.\n",
@@ -84,10 +86,13 @@ mod tests {
     use expect_test::expect;
 
     #[test]
-    fn the_readme_names_each_servers_archives_and_ids() {
-        let ids: BTreeMap<String, String> = [("api", "1"), ("gateway", "2"), ("inference", "3")]
+    fn the_readme_names_each_servers_archives_and_tags() {
+        let tags: BTreeMap<String, String> = [("api", "1"), ("gateway", "2"), ("inference", "3")]
             .into_iter()
-            .map(|(name, digit)| (name.to_owned(), format!("sha256:{}", digit.repeat(64))))
+            .map(|(name, digit)| {
+                let tag = format!("cairn/{name}:manifest-{}", digit.repeat(64));
+                (name.to_owned(), tag)
+            })
             .collect();
         let per_server: BTreeMap<String, Vec<String>> = [
             ("a", vec!["api".to_owned(), "gateway".to_owned()]),
@@ -101,15 +106,16 @@ mod tests {
 
             Written by `cargo xtask release` without a registry: cairn's images travel in this bundle
             as docker-archives (`images/`) and as one OCI layout (`oci/`). The compose files pin each
-            cairn image by its Docker image ID, `sha256:<config digest>`, which the engine computes
-            from the image it loads: a server has it only after `docker load`. Without the load,
-            compose tries to pull `sha256:…` from Docker Hub and fails.
+            cairn image by the tag its archive gives it, `cairn/NAME:manifest-<manifest digest>`
+            (the `digest` of `release.json`): a server has it only after `docker load`, with Docker's
+            classic or containerd image store alike. Without the load, compose tries to pull the tag
+            from Docker Hub and fails. `topology.toml` is the topology the bundle was rendered from.
 
-            | image | archive | image ID (what compose pins) |
+            | image | archive | image reference (what compose pins) |
             | --- | --- | --- |
-            | api | images/api.tar | `sha256:1111111111111111111111111111111111111111111111111111111111111111` |
-            | gateway | images/gateway.tar | `sha256:2222222222222222222222222222222222222222222222222222222222222222` |
-            | inference | images/inference.tar | `sha256:3333333333333333333333333333333333333333333333333333333333333333` |
+            | api | images/api.tar | `cairn/api:manifest-1111111111111111111111111111111111111111111111111111111111111111` |
+            | gateway | images/gateway.tar | `cairn/gateway:manifest-2222222222222222222222222222222222222222222222222222222222222222` |
+            | inference | images/inference.tar | `cairn/inference:manifest-3333333333333333333333333333333333333333333333333333333333333333` |
 
             ## server-a
 
@@ -134,11 +140,11 @@ mod tests {
             docker compose up -d    # or docker-compose 1.29
             ```
 
-            `docker image inspect cairn/NAME:latest --format '{{.Id}}'` prints the ID compose pins.
+            `docker image ls cairn/NAME` lists what a load tagged: that tag and `cairn/NAME:latest`.
             Third-party images (nginx, PostgreSQL, object storage) are pulled as the topology pins
             them. To run from a registry instead, release with `--registry`, or push the layout:
             `skopeo copy oci:oci:NAME docker://HOST/cairn/NAME:TAG`.
         "#]]
-        .assert_eq(&render_readme(&ids, &per_server));
+        .assert_eq(&render_readme(&tags, &per_server));
     }
 }
