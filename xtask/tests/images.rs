@@ -1,7 +1,8 @@
 //! The images cairn writes, checked with the real tools: skopeo inspects every image of the
 //! layout, umoci unpacks one, runc boots it (health route, uid 65532, `healthcheck` exits 0),
-//! `docker load` takes the archive and `docker run` runs it. The gateway image gets the same
-//! runc boot once the gateway service is in the workspace.
+//! `docker load` takes the archive (which tags each image by its manifest digest, the same in
+//! the files of both of Docker's image stores), and `docker run` and docker-compose run it by that
+//! tag. The gateway image gets the same runc boot once the gateway service is in the workspace.
 
 mod image_support;
 
@@ -11,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use image_support::{compile_fixture, index, xtask, xtask_unchecked};
+use image_support::{ComposeProject, compile_fixture, index, stderr, xtask, xtask_unchecked};
 use testkit::{ProcessGuard, free_port, require_tool, wait_until};
 
 fn workspace_root() -> PathBuf {
@@ -359,45 +360,188 @@ fn runc_boots_the_gateway_image() {
     healthcheck_exits_zero(&container.id, "/usr/local/bin/gateway", &env);
 }
 
+/// The tag the archive gives image `name` of `layout` (its manifest digest's hex) and the
+/// config digest of that image: what the classic image store shows as its ID.
+fn tag_and_config(layout: &Path, name: &str) -> (String, String) {
+    let (_, digest) = index(layout)
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .expect("image in index");
+    let config = image_support::blob_json(layout, &digest)["config"]["digest"]
+        .as_str()
+        .expect("config digest")
+        .to_owned();
+    let hex = digest.strip_prefix("sha256:").expect("sha256 digest");
+    (format!("cairn/{name}:manifest-{hex}"), config)
+}
+
+/// The members `names` of the tarball `archive`, as JSON.
+fn archive_json(archive: &Path, names: &[&str]) -> Vec<serde_json::Value> {
+    let file = std::fs::File::open(archive).expect("archive");
+    let mut found = vec![serde_json::Value::Null; names.len()];
+    for entry in tar::Archive::new(file).entries().expect("tar entries") {
+        let mut entry = entry.expect("tar entry");
+        let path = entry.path().expect("member path").display().to_string();
+        if let Some(i) = names.iter().position(|n| *n == path) {
+            let mut text = String::new();
+            entry.read_to_string(&mut text).expect("member text");
+            found[i] = serde_json::from_str(&text).expect("member JSON");
+        }
+    }
+    found
+}
+
 #[test]
-fn docker_loads_the_archive_and_runs_the_image() {
-    let Some(docker) = testkit::require_docker() else {
+fn the_archive_tags_each_image_by_its_manifest_digest_the_same_for_both_image_stores() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = fixture_layout(dir.path());
+    let archive = out.with_extension("tar");
+    let [manifest, index_json] = <[serde_json::Value; 2]>::try_from(archive_json(
+        &archive,
+        &["manifest.json", "index.json"],
+    ))
+    .expect("two members");
+    let mut entries = Vec::new();
+    for (i, name) in ["demo", "demo2"].into_iter().enumerate() {
+        let (tag, config) = tag_and_config(&out, name);
+        let latest = format!("cairn/{name}:latest");
+        // manifest.json, what Docker's classic image store reads.
+        assert_eq!(manifest[i]["RepoTags"], serde_json::json!([tag, latest]));
+        assert_eq!(
+            manifest[i]["Config"],
+            format!("blobs/sha256/{}", &config[7..])
+        );
+        // index.json, what containerd (and Docker's containerd image store) reads: one entry per
+        // name; the ref name (the bare image name) only on the content tag's.
+        entries.push(serde_json::json!({
+            "org.opencontainers.image.ref.name": name,
+            "io.containerd.image.name": format!("docker.io/{tag}"),
+        }));
+        entries
+            .push(serde_json::json!({"io.containerd.image.name": format!("docker.io/{latest}")}));
+    }
+    let annotations: Vec<&serde_json::Value> = index_json["manifests"]
+        .as_array()
+        .expect("manifests")
+        .iter()
+        .map(|m| &m["annotations"])
+        .collect();
+    assert_eq!(annotations, entries.iter().collect::<Vec<_>>());
+
+    // Same inputs, same bytes: the tags come from the content, not from the run.
+    let again = dir.path().join("again.tar");
+    let (out_arg, again_arg, one_arg, two_arg) = (
+        out.display().to_string(),
+        again.display().to_string(),
+        format!("demo={}", dir.path().join("fixture").display()),
+        format!("demo2={}", dir.path().join("fixture2").display()),
+    );
+    xtask(
+        &[
+            "image",
+            "--out",
+            &out_arg,
+            "--binary",
+            &one_arg,
+            "--binary",
+            &two_arg,
+            "--format",
+            "docker-archive",
+            "--archive",
+            &again_arg,
+        ],
+        &[],
+    );
+    assert!(
+        std::fs::read(&archive).expect("archive") == std::fs::read(&again).expect("again"),
+        "two runs wrote different archives"
+    );
+}
+
+/// `docker load` of the archive, then the image by the content tag the archive gives it: the tag
+/// resolves to the config that was built (the classic store's image ID), `docker run` runs it,
+/// and a compose file that pins the tag validates and comes up without pulling.
+#[test]
+fn docker_loads_the_archive_and_compose_runs_the_image_by_its_content_tag() {
+    let Some((docker, compose)) = image_support::docker_tools() else {
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");
     let out = fixture_layout(dir.path());
-    let load = Command::new(&docker)
-        .args(["load", "--input"])
-        .arg(out.with_extension("tar"))
-        .output()
-        .expect("docker load");
-    assert!(
-        load.status.success(),
-        "docker load: {}",
-        String::from_utf8_lossy(&load.stderr)
-    );
-    let run = Command::new(&docker)
-        .args([
-            "run",
-            "--rm",
-            "--pull",
-            "never",
-            "--network",
-            "none",
-            "cairn/demo:latest",
-            "id",
-        ])
-        .output()
-        .expect("docker run");
-    assert!(
-        run.status.success(),
-        "docker run: {}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let _ = Command::new(&docker)
-        .args(["rmi", "cairn/demo:latest", "cairn/demo2:latest"])
-        .output();
+    let (tag, config) = tag_and_config(&out, "demo");
+    let (tag2, config2) = tag_and_config(&out, "demo2");
+    let file = dir.path().join("compose.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "services:\n  demo:\n    image: {tag}\n    command: [\"id\"]\n    network_mode: none\n"
+        ),
+    )
+    .expect("write compose.yaml");
+    let project = ComposeProject {
+        docker,
+        compose,
+        file,
+        name: format!("cairnimages{}", std::process::id()),
+        env: Vec::new(),
+        images: vec![
+            tag.clone(),
+            tag2.clone(),
+            "cairn/demo:latest".to_owned(),
+            "cairn/demo2:latest".to_owned(),
+        ],
+    };
+    let load = project.docker(&[
+        "load",
+        "--input",
+        &out.with_extension("tar").display().to_string(),
+    ]);
+    assert!(load.status.success(), "docker load: {}", stderr(&load));
+    let loaded = String::from_utf8_lossy(&load.stdout);
+    assert!(loaded.contains(&format!("Loaded image: {tag}")), "{loaded}");
+    assert_eq!(project.inspect("{{.Id}}", &tag), config);
+    assert_eq!(project.inspect("{{.Id}}", &tag2), config2);
+    assert_eq!(project.inspect("{{.Id}}", "cairn/demo:latest"), config);
+
+    let run = project.docker(&[
+        "run",
+        "--rm",
+        "--pull",
+        "never",
+        "--network",
+        "none",
+        &tag,
+        "id",
+    ]);
+    assert!(run.status.success(), "docker run: {}", stderr(&run));
     assert_eq!(String::from_utf8_lossy(&run.stdout).trim(), "65532");
+
+    let config_out = project.command(&["config"]);
+    assert!(
+        config_out.status.success(),
+        "docker-compose config: {}",
+        stderr(&config_out)
+    );
+    let rendered = String::from_utf8_lossy(&config_out.stdout);
+    assert!(rendered.contains(&format!("image: {tag}")), "{rendered}");
+    let up = project.command(&["up", "--no-build", "--exit-code-from", "demo"]);
+    let (up_out, up_err) = (String::from_utf8_lossy(&up.stdout), stderr(&up));
+    assert!(
+        up.status.success(),
+        "docker-compose up:\n{up_out}\n{up_err}"
+    );
+    assert!(
+        !up_err.contains("Pulling") && !up_out.contains("Pulling"),
+        "it pulled:\n{up_err}"
+    );
+    assert!(
+        up_out.contains("65532"),
+        "the container's output:\n{up_out}"
+    );
+    let ps = project.command(&["ps", "--quiet", "demo"]);
+    let container = String::from_utf8_lossy(&ps.stdout).trim().to_owned();
+    assert!(!container.is_empty(), "no demo container: {}", stderr(&ps));
+    assert_eq!(project.inspect("{{.Image}}", &container), config);
 }
 
 #[test]

@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use image_support::{ComposeProject, docker_tools, stderr};
 use serde_json::Value;
+use sha2::Digest;
 use support::{Registry, RegistryAuth, RegistryTls};
 
 /// How long a container may take to answer and to turn healthy (its first health check runs
@@ -75,6 +77,7 @@ fn release_without_registry_writes_a_complete_bundle() {
         "oci/oci-layout",
         "images/gateway.tar",
         "sbom/gateway.cdx.json",
+        "topology.toml",
     ] {
         assert!(out.join(file).is_file(), "bundle lacks {file}");
     }
@@ -96,13 +99,26 @@ fn release_without_registry_writes_a_complete_bundle() {
     );
     assert!(image["size"].as_u64().is_some_and(|s| s > 0));
     let digest = image["digest"].as_str().expect("digest");
-    let config =
-        read_json(&out.join(format!("oci/blobs/sha256/{}", &digest[7..])))["config"]["digest"]
-            .clone();
     assert_eq!(
         pinned_gateway(&out),
-        config.as_str().expect("config digest"),
-        "compose pins the image ID (config digest) that docker load produces"
+        format!("cairn/gateway:manifest-{}", &digest[7..]),
+        "compose pins the content tag the archive gives the image: its manifest digest"
+    );
+    assert_eq!(image["reference"], pinned_gateway(&out));
+    let topology_bytes = std::fs::read(topology()).expect("the released topology");
+    assert_eq!(
+        std::fs::read(out.join("topology.toml")).expect("topology.toml"),
+        topology_bytes,
+        "the bundle carries the topology it was rendered from, byte for byte"
+    );
+    assert_eq!(manifest["topology_file"], "topology.toml");
+    let topology_sha256: String = sha2::Sha256::digest(&topology_bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(
+        manifest["topology_sha256"],
+        format!("sha256:{topology_sha256}")
     );
     let index = read_json(&out.join("oci/index.json"));
     assert_eq!(index["manifests"][0]["digest"], digest);
@@ -178,61 +194,6 @@ fn release_to_a_registry_pins_what_the_registry_serves_and_repeats_as_a_no_op() 
     assert_eq!(pinned_gateway(&out), pinned);
 }
 
-/// The Docker CLI and docker-compose, with a running engine; None (skipped) outside CI when one
-/// is missing, a failure under `CI=true`.
-fn docker_tools() -> Option<(PathBuf, PathBuf)> {
-    let docker = testkit::require_docker()?;
-    let compose = testkit::require_tool("docker-compose", "apt-get install docker-compose")?;
-    Some((docker, compose))
-}
-
-/// One compose project of the test and the images it loaded: `down` and `rmi` on drop, so a
-/// failed assertion leaves no container, network or image behind.
-struct ComposeProject {
-    docker: PathBuf,
-    compose: PathBuf,
-    file: PathBuf,
-    name: String,
-    env: Vec<(String, String)>,
-    images: Vec<String>,
-}
-
-impl ComposeProject {
-    fn command(&self, args: &[&str]) -> std::process::Output {
-        Command::new(&self.compose)
-            .arg("--project-name")
-            .arg(&self.name)
-            .arg("--file")
-            .arg(&self.file)
-            .args(args)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .output()
-            .expect("run docker-compose")
-    }
-
-    fn docker(&self, args: &[&str]) -> std::process::Output {
-        Command::new(&self.docker)
-            .args(args)
-            .output()
-            .expect("run docker")
-    }
-
-    /// `docker inspect --format FORMAT TARGET`, trimmed; empty when it fails.
-    fn inspect(&self, format: &str, target: &str) -> String {
-        let output = self.docker(&["inspect", "--format", format, target]);
-        String::from_utf8_lossy(&output.stdout).trim().to_owned()
-    }
-}
-
-impl Drop for ComposeProject {
-    fn drop(&mut self) {
-        let _ = self.command(&["down", "--volumes", "--remove-orphans"]);
-        for image in &self.images {
-            let _ = self.docker(&["rmi", "--force", image]);
-        }
-    }
-}
-
 /// Every variable `.env.example` lists, with a test value (the gateway wants 32+ bytes).
 fn test_env(env_example: &Path) -> Vec<(String, String)> {
     std::fs::read_to_string(env_example)
@@ -249,14 +210,10 @@ fn test_env(env_example: &Path) -> Vec<(String, String)> {
         .collect()
 }
 
-fn stderr(output: &std::process::Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
 /// What a user does with a bundle released without a registry: `docker load` its archive, then
 /// `docker-compose up` the rendered server folder. The gateway comes up from the loaded image
-/// (compose pins the image ID that `docker load` produced, so nothing is pulled), answers its
-/// health route and turns healthy.
+/// (compose pins the content tag `docker load` gave it, which names the built config's image, so
+/// nothing is pulled), answers its health route and turns healthy.
 #[test]
 fn release_without_registry_runs_after_docker_load() {
     let Some((docker, compose)) = docker_tools() else {
@@ -276,9 +233,17 @@ fn release_without_registry_runs_after_docker_load() {
     );
     let readme = std::fs::read_to_string(out.join("README.md")).expect("bundle README.md");
     assert!(
-        readme.contains("docker load -i images/gateway.tar") && readme.contains(&pinned),
+        readme.contains("docker load -i images/gateway.tar")
+            && readme.contains(&pinned)
+            && readme.contains("`topology.toml`"),
         "{readme}"
     );
+    let digest = manifest["images"][0]["digest"].as_str().expect("digest");
+    let config =
+        read_json(&out.join(format!("oci/blobs/sha256/{}", &digest[7..])))["config"]["digest"]
+            .as_str()
+            .expect("config digest")
+            .to_owned();
 
     let project = ComposeProject {
         docker,
@@ -286,7 +251,7 @@ fn release_without_registry_runs_after_docker_load() {
         file: out.join("server-a/compose.yaml"),
         name: format!("cairnrelease{}", std::process::id()),
         env: test_env(&out.join("server-a/.env.example")),
-        images: vec![pinned.clone()],
+        images: vec![pinned.clone(), "cairn/gateway:latest".to_owned()],
     };
     if project.inspect("{{.Id}}", &pinned).is_empty() {
         let before_load = project.command(&["up", "-d", "--no-deps", "gateway"]);
@@ -303,10 +268,11 @@ fn release_without_registry_runs_after_docker_load() {
     ]);
     assert!(load.status.success(), "docker load: {}", stderr(&load));
     assert_eq!(
-        project.inspect("{{.Id}}", "cairn/gateway:latest"),
-        pinned,
-        "compose pins the image ID docker load produced"
+        project.inspect("{{.Id}}", &pinned),
+        config,
+        "the tag compose pins names the image that was built"
     );
+    assert_eq!(project.inspect("{{.Id}}", "cairn/gateway:latest"), config);
 
     let up = project.command(&["up", "-d", "--no-deps", "gateway"]);
     assert!(up.status.success(), "docker-compose up: {}", stderr(&up));
@@ -317,7 +283,7 @@ fn release_without_registry_runs_after_docker_load() {
         "no gateway container: {}",
         stderr(&ps)
     );
-    assert_eq!(project.inspect("{{.Image}}", &container), pinned);
+    assert_eq!(project.inspect("{{.Image}}", &container), config);
     let address = project.inspect(
         "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
         &container,

@@ -2,6 +2,13 @@
 //! 25+ and containerd read) plus Docker's `manifest.json` (what older engines read), with the
 //! same blobs, so the loaded image has the digests that were built. Deterministic like layers.
 //!
+//! Each image gets two names, the same in both files (`RepoTags` in manifest.json, one index.json
+//! entry per name with `io.containerd.image.name`): [`content_tag`], derived from the manifest
+//! digest, which a release's compose files pin, and [`latest_tag`], for people who load an
+//! archive of `cargo xtask image` and run it by hand. Only the content tag's entry carries
+//! `org.opencontainers.image.ref.name` (the bare image name, as in every layout cairn writes), so
+//! `skopeo … oci-archive:FILE:NAME` still finds exactly one image.
+//!
 //! It never re-tars or re-compresses a layer; it copies blobs from the layout.
 
 use std::collections::BTreeMap;
@@ -13,9 +20,32 @@ use serde_json::{Value, json};
 use super::ImageReport;
 use super::layout::{INDEX_MEDIA_TYPE, LayoutDir, MANIFEST_MEDIA_TYPE, REF_NAME, canonical_json};
 
-/// The tag an image gets in Docker: `cairn/<name>:latest`.
-pub fn repo_tag(name: &str) -> String {
+/// What [`content_tag`] puts before the manifest digest's hex.
+pub const CONTENT_TAG_PREFIX: &str = "manifest-";
+
+/// The moving tag an image also gets in Docker: `cairn/<name>:latest` (a later load moves it).
+pub fn latest_tag(name: &str) -> String {
     format!("cairn/{name}:latest")
+}
+
+/// The content-derived tag an image gets in Docker, `cairn/<name>:manifest-<64 hex>`: the whole
+/// hex of the manifest digest (`manifest_digest`, `sha256:<64 hex>`), so what a compose file
+/// pins names the exact image that was built, after `docker load`, in both of Docker's image
+/// stores (the classic store resolves a tag but no digest of a loaded archive; the containerd
+/// store resolves a tag but not the classic store's config-digest image ID).
+///
+/// Why this form:
+/// - all 64 hex digits: a prefix would need an argument about collisions (and a tag is a name
+///   an engine overwrites without asking: a collision would silently run the wrong image); the
+///   whole digest needs none, and it is the `digest` of `release.json`, so it can be compared by
+///   eye or grep. 73 characters stay well inside Docker's 128 for a tag.
+/// - `manifest-`, not `sha256-`: `sha256-<64 hex>` is the OCI distribution spec's referrers
+///   tag schema (the tag under which a registry without the referrers API keeps the signatures
+///   and SBOMs attached to that manifest, as cosign and oras use it), so an image pushed on
+///   from such a tag would take the place of its own referrers list. The prefix also says which
+///   digest it is: the manifest's, not the config's that the classic store shows as the ID.
+pub fn content_tag(name: &str, manifest_digest: &str) -> String {
+    format!("cairn/{name}:{CONTENT_TAG_PREFIX}{}", hex(manifest_digest))
 }
 
 /// Writes the archive for `report`'s images to `path` (through a temporary file).
@@ -43,22 +73,34 @@ pub fn write(report: &ImageReport, layout: &LayoutDir, path: &Path, epoch: u64) 
         ) {
             members.insert(blob.clone(), Member::Blob(layout.blob_path(digest)));
         }
+        let (content, latest) = (
+            content_tag(&image.name, &image.digest),
+            latest_tag(&image.name),
+        );
         docker_manifest.push(json!({
             "Config": config_path,
-            "RepoTags": [repo_tag(&image.name)],
+            "RepoTags": [content, latest],
             "Layers": layer_paths,
         }));
         let size = std::fs::metadata(layout.blob_path(&image.digest))
             .with_context(|| format!("reading the manifest of {}", image.name))?
             .len();
+        // containerd names an imported image by `io.containerd.image.name` (Docker's containerd
+        // store passes it on unchanged), fully qualified as it would normalise the tag itself.
         index_entries.push(json!({
             "mediaType": MANIFEST_MEDIA_TYPE,
             "digest": image.digest,
             "size": size,
             "annotations": {
                 REF_NAME: image.name,
-                "io.containerd.image.name": format!("docker.io/{}", repo_tag(&image.name)),
+                "io.containerd.image.name": format!("docker.io/{content}"),
             },
+        }));
+        index_entries.push(json!({
+            "mediaType": MANIFEST_MEDIA_TYPE,
+            "digest": image.digest,
+            "size": size,
+            "annotations": {"io.containerd.image.name": format!("docker.io/{latest}")},
         }));
     }
     let index =

@@ -11,8 +11,12 @@ pub struct Release {
     /// The rustc that built the binaries, as `rustc -V` prints it, read from the binaries.
     pub toolchain: String,
     pub source_date_epoch: u64,
-    /// The topology the bundle was rendered from.
+    /// The topology the bundle was rendered from, as given (relative to the project root).
     pub topology: String,
+    /// Its byte-identical copy in the bundle, relative to the bundle: `topology.toml`.
+    pub topology_file: String,
+    /// `sha256:<hex>` of those bytes.
+    pub topology_sha256: String,
     /// `HOST/NAMESPACE` images were pushed to; None when they travel in the bundle.
     pub registry: Option<String>,
     pub images: Vec<ReleasedImage>,
@@ -26,8 +30,8 @@ pub struct ReleasedImage {
     pub name: String,
     /// The manifest digest.
     pub digest: String,
-    /// What the compose files pin: `REPOSITORY@DIGEST` when pushed, else the image ID
-    /// `sha256:<config digest>` that `docker load` of the archive produces.
+    /// What the compose files pin: `REPOSITORY@DIGEST` when pushed, else the content tag
+    /// `cairn/NAME:manifest-<hex of DIGEST>` that `docker load` of the archive names it by.
     pub reference: String,
     /// Compressed layers + config + manifest: the bytes a pull transfers.
     pub size: u64,

@@ -39,6 +39,9 @@ use manifest::{Release, ReleasedImage};
 /// own, so replacing the bundle never touches cargo's build outputs.
 pub const DEFAULT_OUT: &str = "target/release/bundle";
 
+/// The copy of the topology the bundle was rendered from, relative to the bundle.
+pub const TOPOLOGY_FILE: &str = "topology.toml";
+
 #[derive(Debug, clap::Args)]
 pub struct ReleaseArgs {
     /// The topology to release: every `build` image it names is built, packed and pinned.
@@ -77,6 +80,9 @@ pub struct ReleaseArgs {
 pub fn run(args: &ReleaseArgs) -> Result<()> {
     let root = project::root();
     let topology_path = root.join(&args.topology);
+    // The exact bytes the bundle is rendered from, copied into it as `topology.toml`.
+    let topology_bytes = std::fs::read(&topology_path)
+        .with_context(|| format!("reading the topology {}", topology_path.display()))?;
     let topology = topology::load(&topology_path)?;
     let names = built_images(&topology, &topology_path)?;
     let out = root.join(&args.out);
@@ -111,9 +117,9 @@ pub fn run(args: &ReleaseArgs) -> Result<()> {
         None => {
             copy_layout(&report, &layout, &bundle.join("oci"))?;
             write_archives(&report, &layout, bundle, plan.epoch)?;
-            let ids = image_ids(&report);
-            let pins = ImagePins::from_loaded_archives(&topology, &ids)?;
-            (ids, pins)
+            let tags = archive_tags(&report);
+            let pins = ImagePins::from_loaded_archives(&topology, &tags)?;
+            (tags, pins)
         }
     };
 
@@ -135,6 +141,7 @@ pub fn run(args: &ReleaseArgs) -> Result<()> {
         .collect();
     let readme = guide::render_guide(&topology, &source, &shipped, args.registry.as_deref());
     write_atomically(&bundle.join("README.md"), readme.as_bytes())?;
+    write_atomically(&bundle.join(TOPOLOGY_FILE), &topology_bytes)?;
 
     let mut images = Vec::new();
     for (spec, result) in plan.images.iter().zip(&report.images) {
@@ -161,6 +168,8 @@ pub fn run(args: &ReleaseArgs) -> Result<()> {
         toolchain: toolchain(&plan.images)?,
         source_date_epoch: plan.epoch,
         topology: source,
+        topology_file: TOPOLOGY_FILE.to_owned(),
+        topology_sha256: crate::image::layer::sha256(&topology_bytes),
         registry: args.registry.clone(),
         images,
         servers: topology
@@ -305,14 +314,18 @@ fn write_archives(
     Ok(())
 }
 
-/// Without a registry, compose pins each image by the ID `docker load` gives it: the digest of
-/// its config. A loaded docker-archive has no repository digest, so `repo@sha256:<manifest>`
-/// would make compose pull; the ID is computed by the engine from what it loaded.
-fn image_ids(report: &ImageReport) -> BTreeMap<String, String> {
+/// Without a registry, compose pins each image by the content tag its docker-archive gives it,
+/// `cairn/NAME:manifest-<hex>` ([`docker_archive::content_tag`]). A loaded docker-archive has no
+/// repository digest, so `repo@sha256:<manifest>` would make compose pull; the config-digest
+/// image ID is unknown to Docker's containerd image store; a tag both stores resolve.
+fn archive_tags(report: &ImageReport) -> BTreeMap<String, String> {
     report
         .images
         .iter()
-        .map(|image| (image.name.clone(), image.config_digest.clone()))
+        .map(|image| {
+            let tag = docker_archive::content_tag(&image.name, &image.digest);
+            (image.name.clone(), tag)
+        })
         .collect()
 }
 
@@ -406,4 +419,31 @@ fn relative(root: &Path, path: &Path) -> String {
         .unwrap_or(path)
         .display()
         .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `docker_archive` writes the content tag and `render` checks it, each on its own (render
+    /// never depends on the image module): the tag one writes is the tag the other pins.
+    #[test]
+    fn the_archive_tag_is_what_render_pins() {
+        assert_eq!(
+            docker_archive::CONTENT_TAG_PREFIX,
+            render::images::CONTENT_TAG_PREFIX
+        );
+        let path = project::root().join("xtask/tests/release_support/gateway.toml");
+        let topology = topology::load(&path).expect("the release tests' topology");
+        let digest = format!("sha256:{}", "0123456789abcdef".repeat(4));
+        let tag = docker_archive::content_tag("gateway", &digest);
+        assert_eq!(
+            tag,
+            "cairn/gateway:manifest-0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+        );
+        let tags = BTreeMap::from([("gateway".to_owned(), tag.clone())]);
+        let pins = ImagePins::from_loaded_archives(&topology, &tags).expect("pinned");
+        assert_eq!(pins.reference("gateway"), tag);
+        assert!(render::images::is_content_tag(&tag));
+    }
 }

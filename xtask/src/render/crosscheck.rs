@@ -1,7 +1,7 @@
 //! cairn's own checks of a compose document, for what the JSON schema cannot see: every
 //! network, named volume and secret a service uses is declared at the top level (and every
 //! declared one is used), `depends_on` names existing services without a cycle, every image is
-//! pinned by digest (or by image ID), and every variable the file interpolates is required (`${NAME:?…}`), never
+//! pinned by digest (or by a loaded archive's content tag), and every variable the file interpolates is required (`${NAME:?…}`), never
 //! defaulted. It reads any compose document (short or long syntax), not only cairn's own output,
 //! so tests can run it on the committed files.
 
@@ -58,9 +58,10 @@ fn check_service(name: &str, service: &Map<String, Value>, used: &mut Used) -> R
         .get("image")
         .and_then(Value::as_str)
         .unwrap_or_default();
-    // `repo@sha256:…` from a registry, or `sha256:…`, the image ID `docker load` produces.
-    if !image.contains("@sha256:") && !super::images::is_image_id(image) {
-        bail!("services.{name}.image: {image:?} is not pinned by digest or image ID");
+    // `repo@sha256:…` from a registry, or `repo:manifest-<hex>`, the content tag of a loaded
+    // docker-archive.
+    if !image.contains("@sha256:") && !super::images::is_content_tag(image) {
+        bail!("services.{name}.image: {image:?} is not pinned by digest or content tag");
     }
     for network in names(service.get("networks")) {
         if network != "default" {
@@ -285,9 +286,15 @@ mod tests {
         );
         let fine = json!({"services": {"a": {"image": DIGEST, "environment": ["PW=${PW:?set PW}", "X=$$1"]}}});
         check(&fine).expect("required variables and escaped dollars pass");
+        let tag = format!("cairn/a:manifest-{}", "a".repeat(64));
+        check(&json!({"services": {"a": {"image": tag}}})).expect("a content tag is pinned");
+        let short = json!({"services": {"a": {"image": "cairn/a:manifest-abc"}}});
+        assert!(check(&short).is_err(), "a short content tag pins nothing");
         let id = format!("sha256:{}", "a".repeat(64));
-        check(&json!({"services": {"a": {"image": id}}})).expect("an image ID is pinned");
-        let short = json!({"services": {"a": {"image": "sha256:abc"}}});
-        assert!(check(&short).is_err(), "a short ID pins nothing");
+        let id = json!({"services": {"a": {"image": id}}});
+        assert!(
+            check(&id).is_err(),
+            "an image ID is found by Docker's classic image store only"
+        );
     }
 }

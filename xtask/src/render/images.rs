@@ -5,10 +5,14 @@
 //! never-resolving domain) and digest sha256("cairn placeholder NAME"), so committed examples are
 //! deterministic and can never be pulled by mistake.
 //!
-//! A release without a registry pins each cairn image by its Docker image ID instead
-//! (`sha256:<config digest>`, [`ImagePins::from_loaded_archives`]): `docker load` of a
-//! docker-archive records no repository digest, so `repo@sha256:<manifest>` would send compose to
-//! a registry, while the image ID is what the engine computes from the loaded config itself.
+//! A release without a registry pins each cairn image by the content tag its docker-archive
+//! gives it, `cairn/NAME:manifest-<64 hex of the manifest digest>`
+//! ([`ImagePins::from_loaded_archives`]): `docker load` of a docker-archive records no repository
+//! digest, so `repo@sha256:<manifest>` would send compose to a registry; the image ID
+//! (`sha256:<config>`) is found by the classic image store only, not by the containerd store (the
+//! default of new Docker installs), and docker-compose 1.29 fails to recreate a container pinned
+//! by ID on engines 25+. A tag both stores resolve, which names the digest it was made from, is
+//! as exact as a digest for an image that only ever comes from the bundle's archive.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -18,7 +22,8 @@ use sha2::{Digest, Sha256};
 
 use crate::topology::{Image, Topology};
 
-/// Topology image name -> `repository[:tag]@sha256:…` (or `sha256:…`, an image ID).
+/// Topology image name -> `repository[:tag]@sha256:…` (or `cairn/NAME:manifest-<hex>`, a loaded
+/// archive's content tag).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImagePins {
     references: BTreeMap<String, String>,
@@ -32,7 +37,8 @@ pub enum PinOrigin {
     Placeholders,
     /// `repository@sha256:<manifest>`, served by a registry.
     Registry,
-    /// `sha256:<config>` image IDs of the docker-archives under the bundle's `images/`.
+    /// `cairn/NAME:manifest-<hex>` content tags of the docker-archives under the bundle's
+    /// `images/`.
     LoadedArchives,
 }
 
@@ -87,28 +93,28 @@ impl ImagePins {
         })
     }
 
-    /// Pins every built image to its Docker image ID, `sha256:<config digest>`, from `ids`
-    /// (built image name -> ID): what `docker load` of the bundle's archives produces, and what
-    /// compose then finds locally instead of pulling.
+    /// Pins every built image to the content tag of its docker-archive, from `tags` (built image
+    /// name -> `cairn/NAME:manifest-<64 hex>`): what `docker load` of the bundle's archives names
+    /// the image, in either of Docker's image stores, and what compose then finds locally instead
+    /// of pulling.
     pub fn from_loaded_archives(
         topology: &Topology,
-        ids: &BTreeMap<String, String>,
+        tags: &BTreeMap<String, String>,
     ) -> Result<ImagePins> {
         for image in topology.images.values() {
             if let Image::Build(name) = image {
-                let Some(id) = ids.get(name.get_ref()) else {
-                    bail!(
-                        "image {:?} was not built: no docker-archive holds it",
-                        name.get_ref()
-                    );
+                let name = name.get_ref();
+                let Some(tag) = tags.get(name) else {
+                    bail!("image {name:?} was not built: no docker-archive holds it");
                 };
-                if !is_image_id(id) {
-                    bail!("image {:?}: {id:?} is not sha256:<64 hex>", name.get_ref());
+                let prefix = format!("cairn/{name}:{CONTENT_TAG_PREFIX}");
+                if !tag.strip_prefix(&prefix).is_some_and(is_hex64) {
+                    bail!("image {name:?}: {tag:?} is not {prefix}<64 hex>");
                 }
             }
         }
         Ok(ImagePins {
-            references: resolve(topology, |build| ids[build].clone()),
+            references: resolve(topology, |build| tags[build].clone()),
             origin: PinOrigin::LoadedArchives,
         })
     }
@@ -140,17 +146,34 @@ fn resolve(topology: &Topology, built: impl Fn(&str) -> String) -> BTreeMap<Stri
 fn is_digest_reference(reference: &str) -> bool {
     reference
         .split_once('@')
-        .is_some_and(|(repository, digest)| !repository.is_empty() && is_image_id(digest))
+        .is_some_and(|(repository, digest)| !repository.is_empty() && is_digest(digest))
 }
 
-/// `sha256:` and 64 lowercase hex digits: a digest, or a Docker image ID.
-pub fn is_image_id(text: &str) -> bool {
-    text.strip_prefix("sha256:").is_some_and(|hex| {
-        hex.len() == 64
-            && hex
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+/// What a loaded archive's content tag has after the colon before the digest's hex; the same
+/// as `image::docker_archive::CONTENT_TAG_PREFIX`, which writes it (render never depends on the
+/// image module; a test in `release` holds the two together).
+pub const CONTENT_TAG_PREFIX: &str = "manifest-";
+
+/// `sha256:` and 64 lowercase hex digits: a digest.
+fn is_digest(text: &str) -> bool {
+    text.strip_prefix("sha256:").is_some_and(is_hex64)
+}
+
+/// `REPOSITORY:manifest-<64 lowercase hex>`: a docker-archive's content tag, which names the
+/// manifest digest it was derived from.
+pub fn is_content_tag(reference: &str) -> bool {
+    reference.rsplit_once(':').is_some_and(|(repository, tag)| {
+        !repository.is_empty()
+            && !repository.contains('@')
+            && tag.strip_prefix(CONTENT_TAG_PREFIX).is_some_and(is_hex64)
     })
+}
+
+fn is_hex64(hex: &str) -> bool {
+    hex.len() == 64
+        && hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -212,7 +212,7 @@ impl Header<'_> {
                 "# cairn images carry PLACEHOLDER digests (registry.invalid): render with --images for real ones.\n",
             ),
             PinOrigin::LoadedArchives => lines.push_str(
-                "# cairn images are pinned by image ID (sha256:<config>): load them first, `docker load -i ../images/NAME.tar` for each (README.md).\n",
+                "# cairn images are pinned by their archive's content tag (cairn/NAME:manifest-<digest>): load them first, `docker load -i ../images/NAME.tar` for each (README.md).\n",
             ),
             PinOrigin::Registry => {}
         }

@@ -183,6 +183,96 @@ fn image_pins_come_from_the_built_map() {
     assert!(ImagePins::from_map(&topology, &built).is_err());
 }
 
+/// The content tag of a loaded archive for `name`, with `digit` as every hex digit.
+fn content_tag(name: &str, digit: char) -> String {
+    format!("cairn/{name}:manifest-{}", digit.to_string().repeat(64))
+}
+
+#[test]
+fn loaded_archives_are_pinned_by_content_tag() {
+    let topology = default_topology();
+    let built = [
+        "api",
+        "garage",
+        "gateway",
+        "inference-cuda",
+        "nginx",
+        "postgres",
+    ];
+    let tags: BTreeMap<String, String> = built
+        .iter()
+        .zip('a'..)
+        .map(|(name, digit)| (name.to_string(), content_tag(name, digit)))
+        .collect();
+    let pins = ImagePins::from_loaded_archives(&topology, &tags).expect("every image tagged");
+    assert_eq!(pins.origin(), PinOrigin::LoadedArchives);
+    let pieces = read_pieces(&root(), &root().join(topology::DEFAULT_PATH)).expect("pieces");
+    let rendering = render(&topology, topology::DEFAULT_PATH, &pins, &pieces).expect("render");
+    let compose = &rendering.files[Path::new("server-a/compose.yaml")];
+    let pinned: Vec<&str> = compose
+        .lines()
+        .filter(|line| line.starts_with('#') || line.trim_start().starts_with("image: "))
+        .collect();
+    expect![[r#"
+        # Written by `cargo xtask render` from deploy/topology.toml; edit that file, not this one.
+        # cairn images are pinned by their archive's content tag (cairn/NAME:manifest-<digest>): load them first, `docker load -i ../images/NAME.tar` for each (README.md).
+            image: cairn/api:manifest-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa
+            image: cairn/garage:manifest-bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb
+            image: cairn/gateway:manifest-cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc
+            image: cairn/nginx:manifest-eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee
+            image: cairn/postgres:manifest-ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff
+    "#]]
+    .assert_eq(&(pinned.join("\n") + "\n"));
+    for (server, document) in [
+        ("a", compose),
+        ("b", &rendering.files[Path::new("server-b/compose.yaml")]),
+    ] {
+        let document: Value = serde_norway::from_str(document).expect("compose YAML");
+        crosscheck::check(&document).unwrap_or_else(|err| panic!("server {server}: {err:#}"));
+    }
+}
+
+#[test]
+fn loaded_archive_pins_refuse_ids_moving_tags_and_other_names() {
+    let topology = default_topology();
+    let built = [
+        "api",
+        "garage",
+        "gateway",
+        "inference-cuda",
+        "nginx",
+        "postgres",
+    ];
+    let complete: BTreeMap<String, String> = built
+        .iter()
+        .map(|name| (name.to_string(), content_tag(name, '0')))
+        .collect();
+    let refused = |name: &str, reference: String| {
+        let mut tags = complete.clone();
+        tags.insert(name.to_owned(), reference);
+        ImagePins::from_loaded_archives(&topology, &tags)
+            .expect_err("refused")
+            .to_string()
+    };
+    expect![[r#"image "gateway": "sha256:0000000000000000000000000000000000000000000000000000000000000000" is not cairn/gateway:manifest-<64 hex>"#]]
+        .assert_eq(&refused("gateway", format!("sha256:{}", "0".repeat(64))));
+    expect![[r#"image "gateway": "cairn/gateway:latest" is not cairn/gateway:manifest-<64 hex>"#]]
+        .assert_eq(&refused("gateway", "cairn/gateway:latest".into()));
+    expect![[r#"image "gateway": "cairn/api:manifest-0000000000000000000000000000000000000000000000000000000000000000" is not cairn/gateway:manifest-<64 hex>"#]]
+        .assert_eq(&refused("gateway", content_tag("api", '0')));
+    expect![[
+        r#"image "gateway": "cairn/gateway:manifest-000" is not cairn/gateway:manifest-<64 hex>"#
+    ]]
+    .assert_eq(&refused("gateway", "cairn/gateway:manifest-000".into()));
+    let mut missing = complete.clone();
+    missing.remove("gateway");
+    expect![[r#"image "gateway" was not built: no docker-archive holds it"#]].assert_eq(
+        &ImagePins::from_loaded_archives(&topology, &missing)
+            .expect_err("missing")
+            .to_string(),
+    );
+}
+
 #[test]
 fn the_local_variant_moves_to_the_ports_it_is_given() {
     let topology = default_topology();

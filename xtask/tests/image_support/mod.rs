@@ -1,5 +1,5 @@
 //! What the image tests share: running the xtask binary, compiling the fixture server, reading a
-//! layout's index, finding the cached Garage binary.
+//! layout's index, finding the cached Garage binary, running a compose project of loaded images.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -151,4 +151,64 @@ pub fn garage_binary() -> Option<PathBuf> {
     Some(PathBuf::from(
         built[0]["path"].as_str().expect("a path for garage"),
     ))
+}
+
+/// The Docker CLI and docker-compose, with a running engine; None (skipped) outside CI when one
+/// is missing, a failure under `CI=true`.
+pub fn docker_tools() -> Option<(PathBuf, PathBuf)> {
+    let docker = testkit::require_docker()?;
+    let compose = testkit::require_tool("docker-compose", "apt-get install docker-compose")?;
+    Some((docker, compose))
+}
+
+/// One compose project of the test and the images it loaded: `down` and `rmi` on drop, so a
+/// failed assertion leaves no container, network or image behind.
+pub struct ComposeProject {
+    pub docker: PathBuf,
+    pub compose: PathBuf,
+    pub file: PathBuf,
+    pub name: String,
+    pub env: Vec<(String, String)>,
+    pub images: Vec<String>,
+}
+
+impl ComposeProject {
+    pub fn command(&self, args: &[&str]) -> std::process::Output {
+        Command::new(&self.compose)
+            .arg("--project-name")
+            .arg(&self.name)
+            .arg("--file")
+            .arg(&self.file)
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .expect("run docker-compose")
+    }
+
+    pub fn docker(&self, args: &[&str]) -> std::process::Output {
+        Command::new(&self.docker)
+            .args(args)
+            .output()
+            .expect("run docker")
+    }
+
+    /// `docker inspect --format FORMAT TARGET`, trimmed; empty when it fails.
+    pub fn inspect(&self, format: &str, target: &str) -> String {
+        let output = self.docker(&["inspect", "--format", format, target]);
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+}
+
+impl Drop for ComposeProject {
+    fn drop(&mut self) {
+        let _ = self.command(&["down", "--volumes", "--remove-orphans"]);
+        for image in &self.images {
+            let _ = self.docker(&["rmi", "--force", image]);
+        }
+    }
+}
+
+/// The stderr of a finished command, for assertion messages.
+pub fn stderr(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
 }
