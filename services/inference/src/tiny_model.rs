@@ -130,7 +130,8 @@ fn special_id(token: &str) -> usize {
 /// config.json in the form transformers writes for Qwen2.
 pub fn config_json(shape: Shape) -> Value {
     let (vocab, hidden, intermediate, layers, heads, kv_heads, max_pos, rope_theta) = match shape {
-        Shape::Tiny => (tokenizer_vocab_size(), 64, 128, 2, 4, 2, 4096, 10_000.0),
+        // Qwen2.5's context (32768), so that a deployment's MAX_MODEL_LEN fits the tiny model too.
+        Shape::Tiny => (tokenizer_vocab_size(), 64, 128, 2, 4, 2, 32_768, 10_000.0),
         Shape::Qwen2_5_0_5b => (151_936, 896, 4864, 24, 14, 2, 32_768, 1_000_000.0),
     };
     json!({
