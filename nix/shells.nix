@@ -24,6 +24,7 @@ let
     pkgs.iproute2
     (lib.getBin pkgs.openssl)
     pkgs.docker-compose
+    pkgs.iptables # the servers test's DOCKER-USER rule
     pkgs.distribution # the registry (`registry serve CONFIG`)
     pkgs.skopeo
     pkgs.umoci

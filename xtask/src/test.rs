@@ -85,10 +85,16 @@ pub const DEBIAN_TOOLS: &[DebianTool] = &[
         nixpkgs: "openssl",
     },
     DebianTool {
-        purpose: "docker-compose's own reading of the rendered compose files",
+        purpose: "docker-compose's own reading of the rendered compose files, and both servers deployed from a bundle",
         programs: &["docker-compose"],
         package: "docker-compose",
         nixpkgs: "docker-compose",
+    },
+    DebianTool {
+        purpose: "the servers test's route to server B's private address (a DOCKER-USER rule)",
+        programs: &["iptables"],
+        package: "iptables",
+        nixpkgs: "iptables",
     },
     DebianTool {
         purpose: "the distribution registry of the push and release tests",

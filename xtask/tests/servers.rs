@@ -346,10 +346,12 @@ fn both_servers_come_up_from_the_release_bundle_and_serve_the_site_over_tls() {
         compose,
         iptables,
     };
-    let scratch = tempfile::Builder::new()
+    let mut scratch = tempfile::Builder::new()
         .prefix("cairn-servers-")
         .tempdir()
         .expect("temp dir");
+    // Kept with the servers, so that they can be inspected and taken down by hand.
+    scratch.disable_cleanup(std::env::var_os("CAIRN_KEEP_SERVERS").is_some());
     let bundle = scratch.path().join("bundle");
     let server_a = Server {
         folder: bundle.join("server-a"),
@@ -524,7 +526,7 @@ fn both_servers_come_up_from_the_release_bundle_and_serve_the_site_over_tls() {
         .client
         .post(format!("{}/api/files?name=data.bin", site.base))
         .bearer_auth(&token)
-        .header("content-type", "application/octet-stream")
+        .header("content-type", "application/pdf")
         .body(upload.clone())
         .send()
         .expect("POST /api/files");
