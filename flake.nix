@@ -57,6 +57,8 @@
           images = import ./nix/images.nix {
             inherit pkgs packages provenance;
             imageCommand = ./nix/image-command.json;
+            # The nginx image's site (the catalog packs the workspace's web/).
+            site = ./web;
           };
           dev = import ./nix/dev.nix {
             inherit pkgs packages;

@@ -1,16 +1,21 @@
 # `images.<name>`: OCI image layouts written by cairn's own assembler (the store-built xtask) from
 # a package's store closure, so Nix images follow the same layer and metadata rules as
 # `cargo xtask image`. Owns how a package becomes the assembler's input; must never lay out an
-# image itself (no dockerTools, no tar here).
+# image itself (no dockerTools, no tar here), nor restate an image's metadata.
 #
 # Inside the build sandbox the package's runtime closure is exactly what /nix/store holds, and the
-# assembler reads the binary's ELF closure (interpreter, DT_NEEDED, RUNPATH) from there: the
+# assembler reads each executable's ELF closure (interpreter, DT_NEEDED, RUNPATH) from there: the
 # libraries are packed at their store paths, so RUNPATH and the interpreter resolve unchanged.
 # CUDA runtime libraries are handed over as one directory and get their own layers; extra files
-# (configs, a placeholder page, postgres's share/ and lib/ trees) as `--file` arguments.
+# (mime.types, whole store paths) as `--file` arguments.
 #
 # cairn's services (gateway, api, inference, inference-cuda) and the other servers' programs from
-# nixpkgs (nginx, PostgreSQL, Garage) go through the same mkImage.
+# nixpkgs (nginx, PostgreSQL, Garage) go through the same mkImage. Every image is named after its
+# entry of the assembler's catalog (xtask/src/image/catalog.rs), which alone says its entrypoint,
+# cmd, stop signal, env, writable directories (owned by the non-root user), ports, helper binary
+# (pg-entrypoint, http-probe: built here as static binaries) and nginx's site: what the cargo
+# backend takes from Debian packages, this file hands over as `--program`s of the store closure.
+# Only what differs because the files come from the store is said here (postgres's PATH).
 #
 # The assembler's command line is data, nix/image-command.json, shared with the Rust test that
 # runs the very same command on a store-like closure it mounts at /nix/store
@@ -20,6 +25,7 @@
   packages,
   imageCommand,
   provenance,
+  site,
 }:
 let
   inherit (pkgs) lib;
@@ -36,17 +42,25 @@ let
     ''"${builtins.replaceStrings (map (v: "@${v}@") command.placeholders) (map (v: "\${${v}}") command.placeholders) arg}"'';
   toShellWords = args: lib.concatMapStringsSep " " toShellWord args;
 
-  # One image: `binaryPath` is the executable (its ELF closure is read from the sandbox's
-  # /nix/store), `files` extra files (`{ source; target; }`, a store file and its absolute path in
-  # the image), `trees` directories whose every file goes in at the same relative path
-  # (`{ source; target; }`; found at build time), `cudaDir` a directory of CUDA runtime libraries.
+  # One image: `binaryPath` is the executable at /usr/local/bin (its ELF closure is read from the
+  # sandbox's /nix/store), `programs` executables of the closure at their image paths
+  # (`{ source; target; }`, ELF closures packed too), `files` extra files (`{ source; target; }`,
+  # a store file and its absolute path in the image), `trees` directories whose every file goes
+  # in at the same relative path (`{ source; target; }`; found at build time), `closureOf`
+  # packages whose whole runtime closure goes in at its store paths (data files, modules
+  # loaded at run time), `env` variables set over the catalog's, `withSite` the workspace's web/
+  # as the catalog's nginx site, `cudaDir` a directory of CUDA runtime libraries.
   mkImage =
     {
       name,
       binaryPath,
       version,
+      programs ? [ ],
       files ? [ ],
       trees ? [ ],
+      closureOf ? [ ],
+      env ? { },
+      withSite ? false,
       cudaDir ? null,
     }:
     pkgs.runCommand "cairn-image-${name}"
@@ -55,8 +69,19 @@ let
         imageName = name;
         inherit binaryPath;
         cudaLibDir = if cudaDir == null then "" else cudaDir;
+        extraPrograms = map (program: "${program.source}:${program.target}") programs;
         extraFiles = map (file: "${file.source}:${file.target}") files;
         extraTrees = map (tree: "${tree.source}:${tree.target}") trees;
+        closureFile =
+          if closureOf == [ ] then "" else "${pkgs.closureInfo { rootPaths = closureOf; }}/store-paths";
+        # NAME=VALUE words: values hold no whitespace (store paths, PATH lists).
+        envSettings = lib.mapAttrsToList (
+          key: value:
+          assert lib.assertMsg (builtins.match "[^[:space:]]*" value != null)
+            "nix/images.nix: env ${key} of image ${name} holds whitespace";
+          "${key}=${value}"
+        ) env;
+        siteDir = if withSite then "${site}" else "";
         caBundleFile = "${pkgs.cacert}/etc/ssl/certs/ca-bundle.crt";
         inherit (provenance) SOURCE_DATE_EPOCH CAIRN_REVISION;
         CAIRN_VERSION = version;
@@ -71,14 +96,33 @@ let
         for file in $extraFiles; do
           fileArgs+=(${toShellWords command.fileArgv})
         done
+        for program in $extraPrograms; do
+          fileArgs+=(${toShellWords command.programArgv})
+        done
+        for env in $envSettings; do
+          fileArgs+=(${toShellWords command.envArgv})
+        done
+        if [ -n "$closureFile" ]; then
+          while IFS= read -r path; do
+            extraTrees="$extraTrees $path:$path"
+          done < "$closureFile"
+        fi
         for tree in $extraTrees; do
           source="''${tree%%:*}"
           target="''${tree#*:}"
+          # Files, and links to files (packed as the file they name); links to directories
+          # are left out, their files are reached at their own paths.
           while IFS= read -r -d "" found; do
             file="$found:$target''${found#"$source"}"
             fileArgs+=(${toShellWords command.fileArgv})
-          done < <(find "$source" -type f -print0 | sort -z)
+          done < <(find "$source" \( -type f -o \( -type l -xtype f \) \) -print0 | sort -z)
         done
+        if [ -n "$siteDir" ]; then
+          # The catalog's nginx files are read from the workspace root: web/ is the site.
+          export CAIRN_ROOT="$PWD/root"
+          mkdir -p "$CAIRN_ROOT"
+          cp -r --no-preserve=mode "$siteDir" "$CAIRN_ROOT/web"
+        fi
         if [ -n "$cudaLibDir" ]; then
           # The runtime libraries only (the directory holds no libcuda, see nix/packages.nix).
           # Relative symlinks stay symlinks (one copy of each library); an absolute one is
@@ -101,54 +145,19 @@ let
       version = package.version or "0.0.0";
     };
 
-  # The other servers' images, from nixpkgs' packages through the same assembler. Their configs
-  # are written for the image (non-root, unprivileged ports, state under /var/lib or
-  # /var/cache), as the cargo backend's images from Debian packages are.
-  nginxConf = pkgs.writeText "cairn-image-nginx.conf" ''
-    worker_processes auto;
-    pid /tmp/nginx.pid;
-    error_log stderr;
-    events {}
-    http {
-      include /etc/nginx/mime.types;
-      access_log off;
-      # On the container's disk, not a memory-backed tmpfs.
-      client_body_temp_path /var/cache/nginx/body;
-      proxy_temp_path /var/cache/nginx/proxy;
-      fastcgi_temp_path /var/cache/nginx/fastcgi;
-      scgi_temp_path /var/cache/nginx/scgi;
-      uwsgi_temp_path /var/cache/nginx/uwsgi;
-      # The deployment's own config (rendered into the bundle) is mounted here.
-      include /etc/nginx/conf.d/*.conf;
-      server {
-        listen 8080 default_server;
-        root /usr/share/nginx/html;
-      }
-    }
-  '';
-  placeholderPage = pkgs.writeText "cairn-placeholder.html" ''
-    <!doctype html>
-    <html lang="en"><head><meta charset="utf-8"><title>cairn</title></head>
-    <body><p>cairn's web app is not part of this image yet.</p></body></html>
-  '';
-  # Garage 2.x, the major version the servers run; secrets come from the environment
-  # (GARAGE_RPC_SECRET, GARAGE_ADMIN_TOKEN) or the *_file settings, never from the image.
+  # The other servers' programs from nixpkgs, each in the image of its catalog entry. PostgreSQL
+  # is the major version of the cargo backend's Debian packages (deploy/debian.lock), so a data
+  # volume works with either image; Garage the major version the servers run (2.x). Their
+  # configs are the deployment's (mounted from the bundle) or the catalog's (nginx's standalone
+  # config), never written here.
+  postgresql = pkgs.postgresql_15;
   garage = pkgs.garage_2;
-  garageConf = pkgs.writeText "cairn-image-garage.toml" ''
-    metadata_dir = "/var/lib/garage/meta"
-    data_dir = "/var/lib/garage/data"
-    db_engine = "lmdb"
-    replication_factor = 1
-    rpc_bind_addr = "[::]:3901"
-
-    [s3_api]
-    s3_region = "garage"
-    api_bind_addr = "[::]:3900"
-
-    [admin]
-    api_bind_addr = "[::]:3903"
-  '';
-  postgresql = pkgs.postgresql;
+  postgresPrograms = [
+    "postgres"
+    "initdb"
+    "pg_isready"
+    "psql"
+  ];
 in
 {
   gateway = cairnImage "gateway" binaries.gateway;
@@ -161,50 +170,53 @@ in
     cudaDir = "${binaries.inference-cuda.cudaRuntime}/lib";
   };
 
+  # The catalog's entrypoint runs /usr/sbin/nginx with `-c /etc/nginx/nginx.conf`, the path the
+  # deployment mounts its config at (nixpkgs' nginx would otherwise read its store path's
+  # conf/). http-probe is the health check; the site and standalone config are the catalog's.
   nginx = mkImage {
     name = "nginx";
-    binaryPath = "${pkgs.nginx}/bin/nginx";
+    binaryPath = lib.getExe binaries.http-probe;
     inherit (pkgs.nginx) version;
+    programs = [
+      {
+        source = "${pkgs.nginx}/bin/nginx";
+        target = "/usr/sbin/nginx";
+      }
+    ];
     files = [
       {
         source = "${pkgs.nginx}/conf/mime.types";
         target = "/etc/nginx/mime.types";
       }
-      {
-        source = nginxConf;
-        target = "/etc/nginx/nginx.conf";
-      }
-      {
-        source = placeholderPage;
-        target = "/usr/share/nginx/html/index.html";
-      }
     ];
+    withSite = true;
   };
 
+  # The catalog's Prebuilt entry: /usr/local/bin/garage, cmd `server`, /var/lib/garage/{data,meta}
+  # owned by the non-root user.
   garage = mkImage {
     name = "garage";
     binaryPath = lib.getExe garage;
     inherit (garage) version;
-    files = [
-      {
-        source = garageConf;
-        target = "/etc/garage.toml"; # garage's default config path
-      }
-    ];
   };
 
-  # postgres finds its share/ and lib/ (timezones, dlopen'd modules) relative to its own store
-  # path: both trees go in at their store paths, as in the package.
+  # pg-entrypoint (the catalog's entrypoint) finds initdb, postgres and pg_isready on PATH: the
+  # Debian image's PATH names /usr/lib/postgresql/15/bin, this one the package's store bin/.
+  # postgres finds its share/ and lib/ (timezones, modules it dlopens) relative to its own store
+  # path, and the package's runtime closure (tzdata, ICU data…) by store path: the whole closure
+  # goes in at its store paths, the programs executable.
   postgres = mkImage {
     name = "postgres";
-    binaryPath = "${postgresql}/bin/postgres";
+    binaryPath = lib.getExe binaries.pg-entrypoint;
     inherit (postgresql) version;
-    trees = map (dir: {
-      source = dir;
-      target = dir;
-    }) [
-      "${postgresql}/share"
-      "${lib.getLib postgresql}/lib"
+    programs = map (program: {
+      source = "${postgresql}/bin/${program}";
+      target = "${postgresql}/bin/${program}";
+    }) postgresPrograms;
+    closureOf = [
+      postgresql
+      (lib.getLib postgresql)
     ];
+    env.PATH = "/usr/local/bin:${postgresql}/bin:/usr/bin:/bin";
   };
 }

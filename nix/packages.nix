@@ -2,7 +2,8 @@
 # nginx config. Owns the source filter, the targets each binary is built for and the CUDA build;
 # must never know how images are laid out or how the dev stack runs them.
 #
-# - gateway, api, xtask: static musl binaries (no ELF closure to pack).
+# - gateway, api, xtask, and the helpers of the images of packages (pg-entrypoint, PostgreSQL's
+#   entrypoint; http-probe, nginx's health check): static musl binaries (no ELF closure to pack).
 # - inference: glibc (candle's CPU kernels and the CUDA build share one libc).
 # - inference-cuda: glibc + cudaPackages, CUDA_COMPUTE_CAP configurable through
 #   `inference-cuda-for { computeCap = "86"; }`; its RUNPATH names the toolchain's runtime
@@ -45,6 +46,8 @@ let
     "gateway"
     "api"
     "xtask"
+    "pg-entrypoint"
+    "http-probe"
   ];
   packageArgs = names: lib.concatMapStringsSep " " (name: "-p ${name}") names;
 
@@ -258,6 +261,8 @@ let
     gateway = staticBinary "gateway";
     api = staticBinary "api";
     xtask = staticBinary "xtask";
+    pg-entrypoint = staticBinary "pg-entrypoint";
+    http-probe = staticBinary "http-probe";
     inference = buildBinary {
       name = "inference";
       cargoExtraArgs = "--locked -p inference";

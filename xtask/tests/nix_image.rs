@@ -101,11 +101,18 @@ fn store_like_closure(dir: &Path, patchelf: &Path) -> (PathBuf, PathBuf) {
 }
 
 /// nix/image-command.json's arguments with the placeholders filled in, as nix/images.nix does.
-/// `files` are `HOST_PATH:/IMAGE/PATH` values: `fileArgv` is repeated once for each.
+/// `files` and `programs` are `HOST_PATH:/IMAGE/PATH` values, `env` `NAME=VALUE` ones:
+/// `fileArgv`, `programArgv` and `envArgv` are repeated once for each.
+struct Extras<'a> {
+    files: &'a [String],
+    programs: &'a [String],
+    env: &'a [String],
+}
+
 fn assembler_arguments(
     values: &BTreeMap<&str, PathBuf>,
     with_cuda: bool,
-    files: &[String],
+    extras: &Extras,
 ) -> Vec<String> {
     let path = root().join("nix/image-command.json");
     let text = std::fs::read_to_string(&path).expect("read nix/image-command.json");
@@ -129,12 +136,39 @@ fn assembler_arguments(
     if with_cuda {
         args.extend(fill("cudaArgv", values));
     }
-    for file in files {
-        let mut values = values.clone();
-        values.insert("file", PathBuf::from(file));
-        args.extend(fill("fileArgv", &values));
+    // In nix/images.nix's order: files (trees included), programs, env.
+    for (list, placeholder, items) in [
+        ("fileArgv", "file", extras.files),
+        ("programArgv", "program", extras.programs),
+        ("envArgv", "env", extras.env),
+    ] {
+        for item in items {
+            let mut values = values.clone();
+            values.insert(placeholder, PathBuf::from(item));
+            args.extend(fill(list, &values));
+        }
     }
     args
+}
+
+/// Runs the store-built xtask's command (here: this build's xtask) with `store` mounted at
+/// /nix/store in a private mount namespace, as a derivation's sandbox has it.
+fn assemble_in_store(store: &Path, args: &[String], cairn_root: Option<&Path>) {
+    let mut command = Command::new("unshare");
+    command
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(r#"mount --bind "$1" /nix/store && shift && exec "$@""#)
+        .arg("sh")
+        .arg(store)
+        .arg(env!("CARGO_BIN_EXE_xtask"))
+        .args(args)
+        .env("SOURCE_DATE_EPOCH", "1")
+        .env("CAIRN_REVISION", "test")
+        .env("CAIRN_VERSION", "0.0.0");
+    if let Some(cairn_root) = cairn_root {
+        command.env("CAIRN_ROOT", cairn_root);
+    }
+    run(&mut command);
 }
 
 #[test]
@@ -166,16 +200,12 @@ fn the_flakes_assembler_command_turns_a_store_closure_into_an_image_skopeo_reads
     std::fs::create_dir_all(config.parent().expect("share/")).expect("create share/");
     std::fs::write(&config, "greeting = hello\n").expect("write hello.conf");
     let extra_file = format!("{STORE}/{PACKAGE}/share/hello.conf:/etc/hello.conf");
-    run(Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "sh", "-c"])
-        .arg(r#"mount --bind "$1" /nix/store && shift && exec "$@""#)
-        .arg("sh")
-        .arg(&store)
-        .arg(env!("CARGO_BIN_EXE_xtask"))
-        .args(assembler_arguments(&values, false, &[extra_file]))
-        .env("SOURCE_DATE_EPOCH", "1")
-        .env("CAIRN_REVISION", "test")
-        .env("CAIRN_VERSION", "0.0.0"));
+    let extras = Extras {
+        files: &[extra_file],
+        programs: &[],
+        env: &[],
+    };
+    assemble_in_store(&store, &assembler_arguments(&values, false, &extras), None);
 
     let reference = format!("oci:{}:{IMAGE}", layout.display());
     let config: Value = serde_json::from_str(&run(
@@ -223,4 +253,306 @@ fn the_flakes_assembler_command_turns_a_store_closure_into_an_image_skopeo_reads
         .args(&entrypoint)
         .arg(GREETING));
     assert_eq!(output.trim(), GREETING);
+}
+
+fn strings(value: &Value) -> Vec<String> {
+    value
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .map(|item| item.as_str().expect("string").to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Owner and mode of a path of an unpacked root filesystem (umoci, as root, keeps the layer's).
+fn owner_and_mode(path: &Path) -> (u32, u32, u32) {
+    use std::os::unix::fs::MetadataExt;
+    let meta =
+        std::fs::symlink_metadata(path).unwrap_or_else(|err| panic!("{}: {err}", path.display()));
+    (meta.uid(), meta.gid(), meta.mode() & 0o7777)
+}
+
+/// One image as nix/images.nix builds the other servers' images: a catalog name, the
+/// image's executable and programs of the store closure. Returns its config and unpacked rootfs.
+fn catalog_image_from_store(
+    dir: &Path,
+    store: &Path,
+    tools: (&Path, &Path),
+    values: &BTreeMap<&str, PathBuf>,
+    extras: &Extras,
+    cairn_root: Option<&Path>,
+) -> (Value, PathBuf) {
+    let (skopeo, umoci) = tools;
+    let name = values["name"].to_string_lossy().into_owned();
+    assemble_in_store(
+        store,
+        &assembler_arguments(values, false, extras),
+        cairn_root,
+    );
+    let layout = &values["out"];
+    let config: Value = serde_json::from_str(&run(Command::new(skopeo).args([
+        "inspect",
+        "--config",
+        &format!("oci:{}:{name}", layout.display()),
+    ])))
+    .expect("skopeo prints the config as JSON");
+    let bundle = dir.join(format!("bundle-{name}"));
+    run(Command::new(umoci)
+        .arg("unpack")
+        .arg("--image")
+        .arg(format!("{}:{name}", layout.display()))
+        .arg(&bundle));
+    (config, bundle.join("rootfs"))
+}
+
+/// nginx, PostgreSQL and Garage from a store closure through the flake's command: the same
+/// entrypoint, cmd, stop signal, env and non-root writable directories as the cargo backend's
+/// images (the catalog's), the programs at their paths and executable, and the entrypoint
+/// starts from the image's root filesystem.
+#[test]
+fn the_other_servers_images_from_a_store_closure_carry_the_catalogs_metadata() {
+    let (Some(patchelf), Some(skopeo), Some(umoci)) = (
+        testkit::require_tool("patchelf", "apt-get install patchelf"),
+        testkit::require_tool("skopeo", "apt-get install skopeo"),
+        testkit::require_tool("umoci", "apt-get install umoci"),
+    ) else {
+        return;
+    };
+    let dir = scratch_dir("nix-catalog-images");
+    let (store, program) = store_like_closure(&dir, &patchelf);
+    if !testkit::require_root("mounting the closure at /nix/store") {
+        return;
+    }
+    std::fs::create_dir_all(STORE).expect("create the /nix/store mount point");
+    let data = store.join(PACKAGE).join("share/mime.types");
+    std::fs::create_dir_all(data.parent().expect("share/")).expect("create share/");
+    std::fs::write(&data, "types { text/html html; }\n").expect("write mime.types");
+    let tools = (skopeo.as_path(), umoci.as_path());
+    let values = |name: &str| {
+        BTreeMap::from([
+            ("name", PathBuf::from(name)),
+            // The helper (http-probe, pg-entrypoint) or Garage: here the store's program.
+            ("binary", program.clone()),
+            ("out", dir.join(format!("oci-{name}"))),
+            ("caBundle", image_support::test_ca_bundle()),
+            ("cache", dir.join("cache")),
+            ("cuda", dir.join("no-cuda")),
+        ])
+    };
+    let program = program.to_string_lossy().into_owned();
+    let starts = |rootfs: &Path, config: &Value| -> String {
+        let mut argv = strings(&config["config"]["Entrypoint"]);
+        argv.extend(strings(&config["config"]["Cmd"]));
+        run(Command::new("chroot").arg(rootfs).args(&argv))
+            .trim()
+            .to_owned()
+    };
+
+    // nginx: nixpkgs' binary at /usr/sbin/nginx, its mime.types, the workspace's web/ as site.
+    let workspace = dir.join("workspace");
+    std::fs::create_dir_all(workspace.join("web")).expect("create web/");
+    std::fs::write(workspace.join("web/index.html"), "<h1>site</h1>\n").expect("index.html");
+    let (config, rootfs) = catalog_image_from_store(
+        &dir,
+        &store,
+        tools,
+        &values("nginx"),
+        &Extras {
+            files: &[format!(
+                "{STORE}/{PACKAGE}/share/mime.types:/etc/nginx/mime.types"
+            )],
+            programs: &[format!("{program}:/usr/sbin/nginx")],
+            env: &[],
+        },
+        Some(&workspace),
+    );
+    let nginx = &config["config"];
+    assert_eq!(
+        strings(&nginx["Entrypoint"]),
+        [
+            "/usr/sbin/nginx",
+            "-e",
+            "stderr",
+            "-c",
+            "/etc/nginx/nginx.conf"
+        ]
+    );
+    assert_eq!(strings(&nginx["Cmd"]), ["-g", "daemon off;"]);
+    assert_eq!(nginx["StopSignal"], "SIGQUIT");
+    assert_eq!(nginx["User"], "65532:65532");
+    assert_eq!(
+        owner_and_mode(&rootfs.join("usr/sbin/nginx")),
+        (0, 0, 0o755)
+    );
+    assert_eq!(
+        owner_and_mode(&rootfs.join("usr/local/bin/http-probe")),
+        (0, 0, 0o755)
+    );
+    assert_eq!(
+        owner_and_mode(&rootfs.join("var/cache/nginx")),
+        (65532, 65532, 0o755),
+        "nginx's temp directory belongs to the non-root user"
+    );
+    assert!(
+        rootfs.join("etc/nginx/nginx.conf").is_file(),
+        "the catalog's standalone config"
+    );
+    assert!(rootfs.join("etc/nginx/mime.types").is_file());
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("srv/www/index.html")).expect("site"),
+        "<h1>site</h1>\n"
+    );
+    assert_eq!(
+        starts(&rootfs, &config),
+        // The stand-in program is echo, which takes nginx's `-e` as its own option.
+        "stderr -c /etc/nginx/nginx.conf -g daemon off;",
+        "the entrypoint runs from the image with the catalog's arguments"
+    );
+
+    // PostgreSQL: the programs at their store paths (executable), the package's closure given
+    // whole as files (the libraries the ELF closure packs stay in the system layer only), PATH
+    // naming the store's bin/ over the catalog's.
+    let closure_files: Vec<String> = [PACKAGE, GLIBC]
+        .iter()
+        .flat_map(|path| walk(&store.join(path)))
+        .map(|file| {
+            let relative = file.strip_prefix(&store).expect("under the store");
+            let path = Path::new(STORE).join(relative).display().to_string();
+            format!("{path}:{path}")
+        })
+        .collect();
+    let store_bin = format!("{STORE}/{PACKAGE}/bin");
+    let (config, rootfs) = catalog_image_from_store(
+        &dir,
+        &store,
+        tools,
+        &values("postgres"),
+        &Extras {
+            files: &closure_files,
+            programs: &[format!("{program}:{program}")],
+            env: &[format!("PATH=/usr/local/bin:{store_bin}:/usr/bin:/bin")],
+        },
+        None,
+    );
+    let postgres = &config["config"];
+    assert_eq!(
+        strings(&postgres["Entrypoint"]),
+        ["/usr/local/bin/pg-entrypoint"]
+    );
+    assert_eq!(postgres["StopSignal"], "SIGINT");
+    let env = strings(&postgres["Env"]);
+    assert_eq!(
+        env.iter()
+            .filter(|e| e.starts_with("PATH="))
+            .collect::<Vec<_>>(),
+        [&format!("PATH=/usr/local/bin:{store_bin}:/usr/bin:/bin")]
+    );
+    assert!(env.contains(&"PGDATA=/var/lib/postgresql/data".to_owned()));
+    assert!(env.contains(&"PGHOST=/var/lib/postgresql/data".to_owned()));
+    assert_eq!(
+        owner_and_mode(&rootfs.join("var/lib/postgresql/data")),
+        (65532, 65532, 0o755)
+    );
+    assert_eq!(
+        owner_and_mode(&rootfs.join(program.trim_start_matches('/'))).2,
+        0o755,
+        "a program stays executable although the closure's files also name it"
+    );
+    assert!(
+        rootfs
+            .join(format!("nix/store/{PACKAGE}/share/mime.types"))
+            .is_file()
+    );
+    let app_layer = layer_listing(&values("postgres")["out"], "postgres", usize::MAX);
+    let libc = format!("nix/store/{GLIBC}/lib/libc.so.6");
+    assert!(
+        !app_layer.contains(&libc),
+        "{libc} is packed by the system layer, not again by the app layer: {app_layer:?}"
+    );
+    assert!(app_layer.contains(&format!("nix/store/{GLIBC}/lib/libc.so")));
+    assert_eq!(starts(&rootfs, &config), "");
+    // The helper found through the image's PATH, as pg-entrypoint finds initdb and postgres.
+    let found = run(Command::new("chroot")
+        .arg(&rootfs)
+        .arg(format!("{store_bin}/{IMAGE}"))
+        .arg(GREETING));
+    assert_eq!(found.trim(), GREETING);
+
+    // Garage: /usr/local/bin/garage, `server`, its data and metadata directories the user's.
+    let (config, rootfs) = catalog_image_from_store(
+        &dir,
+        &store,
+        tools,
+        &values("garage"),
+        &Extras {
+            files: &[],
+            programs: &[],
+            env: &[],
+        },
+        None,
+    );
+    let garage = &config["config"];
+    assert_eq!(strings(&garage["Entrypoint"]), ["/usr/local/bin/garage"]);
+    assert_eq!(strings(&garage["Cmd"]), ["server"]);
+    for dir in ["var/lib/garage/data", "var/lib/garage/meta"] {
+        assert_eq!(
+            owner_and_mode(&rootfs.join(dir)),
+            (65532, 65532, 0o755),
+            "{dir}"
+        );
+    }
+    assert_eq!(starts(&rootfs, &config), "server");
+}
+
+/// Every file (and link to a file) under `dir`, as nix/images.nix's `find` lists a tree.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("read dir") {
+        let path = entry.expect("entry").path();
+        if path.is_dir() && !path.is_symlink() {
+            found.extend(walk(&path));
+        } else if path.is_file() {
+            found.push(path);
+        }
+    }
+    found.sort();
+    found
+}
+
+/// The paths of one layer of image `name` in `layout` (`index`: its position, usize::MAX for the
+/// last one, the app layer), as `tar` lists them.
+fn layer_listing(layout: &Path, name: &str, index: usize) -> Vec<String> {
+    let read_json = |digest: &str| -> Value {
+        let hex = digest.trim_start_matches("sha256:");
+        let bytes = std::fs::read(layout.join("blobs/sha256").join(hex)).expect("read blob");
+        serde_json::from_slice(&bytes).expect("blob is JSON")
+    };
+    let index_json: Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).expect("read index.json"))
+            .expect("index.json is JSON");
+    let manifest = index_json["manifests"]
+        .as_array()
+        .expect("manifests")
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == name)
+        .unwrap_or_else(|| panic!("{name} in {index_json}"));
+    let manifest = read_json(manifest["digest"].as_str().expect("digest"));
+    let layers = manifest["layers"].as_array().expect("layers");
+    let layer = &layers[index.min(layers.len() - 1)];
+    let hex = layer["digest"]
+        .as_str()
+        .expect("digest")
+        .trim_start_matches("sha256:");
+    run(Command::new("tar")
+        .arg("-tzf")
+        .arg(layout.join("blobs/sha256").join(hex)))
+    .lines()
+    .map(|line| {
+        line.trim_start_matches("./")
+            .trim_end_matches('/')
+            .to_owned()
+    })
+    .collect()
 }

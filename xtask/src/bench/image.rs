@@ -160,6 +160,7 @@ fn bench_spec(binary: &Path) -> ImageSpec {
         debian_set: None,
         writable_dirs: Vec::new(),
         extra_files: Vec::new(),
+        programs: Vec::new(),
         ports: vec![8080],
         env: Vec::new(),
         cuda: None,

@@ -149,7 +149,15 @@ pub const CATALOG: &[CatalogImage] = &[
             set: "nginx",
             // The health check: the image has no shell, curl or wget.
             helper: Some("http-probe"),
-            entrypoint: &["/usr/sbin/nginx", "-e", "stderr"],
+            // The config path said, not compiled in: a Nix-built nginx's own is in its store
+            // path, and the deployment mounts its config here in both images.
+            entrypoint: &[
+                "/usr/sbin/nginx",
+                "-e",
+                "stderr",
+                "-c",
+                "/etc/nginx/nginx.conf",
+            ],
             cmd: &["-g", "daemon off;"],
             // Graceful: finish the requests in flight.
             stop_signal: Some("SIGQUIT"),

@@ -53,6 +53,17 @@ pub struct ImageArgs {
     /// `IMAGE=HOST_PATH:/IMAGE/PATH`: an extra file in the image's application layer.
     #[arg(long = "file", value_name = "IMAGE=HOST:/PATH")]
     pub files: Vec<String>,
+    /// `IMAGE=HOST_PATH:/IMAGE/PATH`: a program from this machine (a Nix store path) at that
+    /// path, executable, its ELF closure in the system layer. A catalog image of Debian packages
+    /// given programs is made of them (and its `--file`s) instead of its package set; everything
+    /// else (entrypoint, cmd, stop signal, env, writable directories, helper, site) stays the
+    /// catalog's. Needs --ca-bundle (the system layer from this machine).
+    #[arg(long = "program", value_name = "IMAGE=HOST:/PATH")]
+    pub programs: Vec<String>,
+    /// `IMAGE=NAME=VALUE`: sets (or replaces) an environment variable of the image's config
+    /// (e.g. a PATH naming where a store closure's programs are).
+    #[arg(long = "env", value_name = "IMAGE=NAME=VALUE")]
+    pub env: Vec<String>,
     /// Treat IMAGE (a `--binary` image outside the catalog) as a GPU image with CUDA layers.
     #[arg(long = "gpu", value_name = "IMAGE")]
     pub gpu_images: Vec<String>,
@@ -304,13 +315,42 @@ fn spec(
         .filter(|(image, _)| image == name)
         .map(|(_, value)| extra_file(&value))
         .collect::<Result<_>>()?;
+    let programs: Vec<ExtraFile> = parse_pairs(&args.programs, "--program")?
+        .into_iter()
+        .filter(|(image, _)| image == name)
+        .map(|(_, value)| {
+            extra_file(&value)
+                .map(|program| ExtraFile {
+                    mode: 0o755,
+                    ..program
+                })
+                .with_context(|| format!("--program {name}={value}"))
+        })
+        .collect::<Result<_>>()?;
+    if !programs.is_empty() && args.ca_bundle.is_none() {
+        bail!(
+            "--program {name}=…: programs bring their ELF closure from this machine, so the \
+             system layer must come from it too: give --ca-bundle"
+        );
+    }
+    let env_overrides: Vec<(String, String)> = parse_pairs(&args.env, "--env")?
+        .into_iter()
+        .filter(|(image, _)| image == name)
+        .map(|(_, value)| {
+            value
+                .split_once('=')
+                .filter(|(key, _)| !key.is_empty())
+                .map(|(key, value)| (key.to_owned(), value.to_owned()))
+                .with_context(|| format!("--env {name}={value:?}: expected IMAGE=NAME=VALUE"))
+        })
+        .collect::<Result<_>>()?;
     let owned = |dirs: &[&str]| dirs.iter().map(|d| (*d).to_owned()).collect::<Vec<_>>();
     let service_entrypoint = vec![format!("{BIN_DIR}/{binary_name}")];
     let stop_signal = match entry.map(|e| e.content) {
         Some(ImageContent::Debian(debian)) => debian.stop_signal.map(str::to_owned),
         _ => None,
     };
-    let (entrypoint, cmd, debian_set, writable_dirs, env) = match entry.map(|e| e.content) {
+    let (entrypoint, cmd, debian_set, writable_dirs, mut env) = match entry.map(|e| e.content) {
         Some(ImageContent::Debian(debian)) => {
             let mut files = (debian.files)(root)
                 .with_context(|| format!("collecting the files of image {name}"))?;
@@ -324,7 +364,8 @@ fn spec(
             (
                 owned(debian.entrypoint),
                 owned(debian.cmd),
-                Some(debian.set.to_owned()),
+                // Programs given: the image is made of them, not of the package set.
+                programs.is_empty().then(|| debian.set.to_owned()),
                 owned(debian.writable_dirs),
                 env,
             )
@@ -340,6 +381,10 @@ fn spec(
             (service_entrypoint, Vec::new(), None, Vec::new(), Vec::new())
         }
     };
+    for (key, value) in env_overrides {
+        env.retain(|(existing, _)| *existing != key);
+        env.push((key, value));
+    }
     Ok(ImageSpec {
         name: name.to_owned(),
         binary,
@@ -350,6 +395,7 @@ fn spec(
         debian_set,
         writable_dirs,
         extra_files,
+        programs,
         ports: entry.map(|e| e.ports.to_vec()).unwrap_or_default(),
         env,
         cuda,
@@ -382,4 +428,116 @@ fn extra_file(value: &str) -> Result<ExtraFile> {
         image_path: format!("/{image}"),
         mode: 0o644,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        image: ImageArgs,
+    }
+
+    fn args(argv: &[&str]) -> ImageArgs {
+        Cli::try_parse_from(std::iter::once("image").chain(argv.iter().copied()))
+            .expect("arguments parse")
+            .image
+    }
+
+    /// A catalog image of packages given programs from a store closure: the catalog's
+    /// metadata, the programs instead of the package set, and the given env over the catalog's.
+    #[test]
+    fn image_of_packages_from_programs_keeps_the_catalogs_metadata() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let args = args(&[
+            "postgres",
+            "--binary",
+            "postgres=/nix/store/x-pg-entrypoint/bin/pg-entrypoint",
+            "--program",
+            "postgres=/nix/store/y-postgresql/bin/initdb:/nix/store/y-postgresql/bin/initdb",
+            "--env",
+            "postgres=PATH=/usr/local/bin:/nix/store/y-postgresql/bin",
+            "--ca-bundle",
+            "/ca.crt",
+        ]);
+        let spec = spec(
+            &args,
+            root.path(),
+            "postgres",
+            args_binary(&args),
+            "1".into(),
+        )
+        .expect("spec");
+        assert_eq!(
+            spec.debian_set, None,
+            "made of the programs, not of Debian packages"
+        );
+        assert_eq!(spec.entrypoint, ["/usr/local/bin/pg-entrypoint"]);
+        assert_eq!(spec.binary_name, "pg-entrypoint");
+        assert_eq!(spec.stop_signal.as_deref(), Some("SIGINT"));
+        assert_eq!(spec.writable_dirs, ["/var/lib/postgresql/data"]);
+        assert_eq!(
+            spec.programs,
+            [ExtraFile {
+                host_path: "/nix/store/y-postgresql/bin/initdb".into(),
+                image_path: "/nix/store/y-postgresql/bin/initdb".into(),
+                mode: 0o755,
+            }]
+        );
+        let env: Vec<&str> = spec
+            .env
+            .iter()
+            .filter(|(key, _)| key == "PATH")
+            .map(|(_, value)| value.as_str())
+            .collect();
+        assert_eq!(env, ["/usr/local/bin:/nix/store/y-postgresql/bin"]);
+        assert!(spec.env.iter().any(|(key, _)| key == "PGDATA"));
+    }
+
+    fn args_binary(args: &ImageArgs) -> Option<PathBuf> {
+        parse_pairs(&args.binaries, "--binary")
+            .expect("pairs")
+            .first()
+            .map(|(_, path)| PathBuf::from(path))
+    }
+
+    #[test]
+    fn without_programs_the_image_is_made_of_its_package_set() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let args = args(&["nginx"]);
+        let spec = spec(&args, root.path(), "nginx", None, "1".into()).expect("spec");
+        assert_eq!(spec.debian_set.as_deref(), Some("nginx"));
+        assert_eq!(spec.cmd, ["-g", "daemon off;"]);
+        assert!(spec.programs.is_empty());
+    }
+
+    #[test]
+    fn programs_without_a_host_system_layer_are_refused() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let args = args(&[
+            "nginx",
+            "--program",
+            "nginx=/nix/store/z/bin/nginx:/usr/sbin/nginx",
+        ]);
+        let err = spec(&args, root.path(), "nginx", None, "1".into())
+            .expect_err("no --ca-bundle")
+            .to_string();
+        assert!(
+            err.contains("--program nginx=") && err.contains("--ca-bundle"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_malformed_env_names_the_flag() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let args = args(&["garage", "--env", "garage=NOVALUE"]);
+        let err = spec(&args, root.path(), "garage", Some("/g".into()), "1".into())
+            .expect_err("no NAME=VALUE")
+            .to_string();
+        assert!(err.contains("--env garage=\"NOVALUE\""), "{err}");
+    }
 }

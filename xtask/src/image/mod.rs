@@ -144,6 +144,15 @@ pub fn plan_layers(spec: &ImageSpec, plan: &ImagePlan) -> Result<PlannedImage> {
         std::fs::File::open(binary)
             .with_context(|| format!("reading binary {}", binary.display()))?;
     }
+    for program in &spec.programs {
+        std::fs::File::open(&program.host_path).with_context(|| {
+            format!(
+                "reading program {} (for {})",
+                program.host_path.display(),
+                program.image_path
+            )
+        })?;
+    }
     match &spec.debian_set {
         Some(set) => {
             let pinned = plan
@@ -184,13 +193,34 @@ fn package_image_layers(spec: &ImageSpec, pinned: &PinnedSet) -> Result<PlannedI
 }
 
 fn service_layers(spec: &ImageSpec, system: &SystemFiles) -> Result<PlannedImage> {
-    let binary = spec
+    // The executables whose ELF closure the image needs: cairn's binary and the programs.
+    let roots: Vec<&PathBuf> = spec
         .binary
-        .as_ref()
+        .iter()
+        .chain(spec.programs.iter().map(|program| &program.host_path))
+        .collect();
+    let binary = *roots
+        .first()
         .with_context(|| format!("image {} has neither a binary nor a package set", spec.name))?;
+    if !spec.programs.is_empty() && matches!(system, SystemFiles::Debian(_)) {
+        anyhow::bail!(
+            "image {}: programs from this machine (--program) need the system layer from this \
+             machine too (--ca-bundle), not from the pinned Debian base set",
+            spec.name
+        );
+    }
     let cuda_dirs: Vec<PathBuf> = spec.cuda.iter().map(|cuda| cuda.dir.clone()).collect();
     let host_closure = || -> Result<_> {
-        let libraries = elf::closure(binary, &cuda_dirs)?;
+        let mut libraries: Vec<elf::SharedLibrary> = Vec::new();
+        for root in &roots {
+            for library in elf::closure(root, &cuda_dirs)
+                .with_context(|| format!("reading the ELF closure of {}", root.display()))?
+            {
+                if !libraries.iter().any(|l| l.image_path == library.image_path) {
+                    libraries.push(library);
+                }
+            }
+        }
         Ok(libraries.into_iter().partition::<Vec<_>, _>(|lib| {
             cuda_dirs.iter().any(|dir| lib.host_path.starts_with(dir))
         }))
@@ -267,7 +297,14 @@ fn service_layers(spec: &ImageSpec, system: &SystemFiles) -> Result<PlannedImage
             );
         }
     }
-    layers.push(plan::app_layer(spec));
+    let mut app = plan::app_layer(spec);
+    // A file the system layer already packs (a library of a store path given whole as a tree)
+    // is not packed twice.
+    let system_layer = &layers[0];
+    app.entries.retain(|path, entry| {
+        matches!(entry.source, EntrySource::Directory) || !system_layer.entries.contains_key(path)
+    });
+    layers.push(app);
     Ok(PlannedImage {
         layers,
         debian_packages,

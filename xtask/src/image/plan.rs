@@ -61,6 +61,10 @@ pub struct ImageSpec {
     /// Directories inside the image owned by the non-root user.
     pub writable_dirs: Vec<String>,
     pub extra_files: Vec<ExtraFile>,
+    /// Programs from this machine (a Nix store closure) at their image paths, executable, their
+    /// ELF closure in the system layer: what an image of packages is made of when it is built
+    /// from a store closure instead of its Debian package set (`--program`).
+    pub programs: Vec<ExtraFile>,
     pub ports: Vec<u16>,
     pub env: Vec<(String, String)>,
     pub cuda: Option<CudaInput>,
@@ -129,7 +133,9 @@ fn owned_directory() -> LayerEntry {
     }
 }
 
-/// The application layer: the binary, the extra files and the user's writable directories.
+/// The application layer: the binary, the extra files, the programs and the user's writable
+/// directories. A program wins over an extra file at the same path (a tree of a store path
+/// that holds it), so it keeps its executable mode.
 pub fn app_layer(spec: &ImageSpec) -> LayerPlan {
     let mut plan = LayerPlan::new("app");
     if let Some(binary) = &spec.binary {
@@ -145,6 +151,12 @@ pub fn app_layer(spec: &ImageSpec) -> LayerPlan {
         plan.insert(
             &extra.image_path,
             root_entry(EntrySource::HostFile(extra.host_path.clone()), extra.mode),
+        );
+    }
+    for program in &spec.programs {
+        plan.insert(
+            &program.image_path,
+            root_entry(EntrySource::HostFile(program.host_path.clone()), 0o755),
         );
     }
     plan
@@ -225,6 +237,7 @@ mod tests {
             debian_set: None,
             writable_dirs: vec![],
             extra_files: vec![],
+            programs: vec![],
             ports: vec![8080],
             env: vec![("RUST_LOG".into(), "info".into())],
             cuda: None,

@@ -222,6 +222,8 @@ fn image_args(root: &Path, names: &[String], layout: &Path, args: &ReleaseArgs) 
         json: false,
         binaries: Vec::new(),
         files: Vec::new(),
+        programs: Vec::new(),
+        env: Vec::new(),
         gpu_images: Vec::new(),
         cuda_dir: args.cuda_dir.clone(),
         cuda_groups: ["cudart", "cublas", "curand", "nvrtc"]
