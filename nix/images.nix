@@ -7,7 +7,7 @@
 # assembler reads each executable's ELF closure (interpreter, DT_NEEDED, RUNPATH) from there: the
 # libraries are packed at their store paths, so RUNPATH and the interpreter resolve unchanged.
 # CUDA runtime libraries are handed over as one directory and get their own layers; extra files
-# (mime.types, whole store paths) as `--file` arguments.
+# (mime.types) as `--file` arguments, whole store paths as `--tree`s.
 #
 # cairn's services (gateway, api, inference, inference-cuda) and the other servers' programs from
 # nixpkgs (nginx, PostgreSQL, Garage) go through the same mkImage. Every image is named after its
@@ -46,7 +46,7 @@ let
   # sandbox's /nix/store), `programs` executables of the closure at their image paths
   # (`{ source; target; }`, ELF closures packed too), `files` extra files (`{ source; target; }`,
   # a store file and its absolute path in the image), `trees` directories whose every file goes
-  # in at the same relative path (`{ source; target; }`; found at build time), `closureOf`
+  # in at the same relative path (`{ source; target; }`; listed by the assembler), `closureOf`
   # packages whose whole runtime closure goes in at its store paths (data files, modules
   # loaded at run time), `env` variables set over the catalog's, `withSite` the workspace's web/
   # as the catalog's nginx site, `cudaDir` a directory of CUDA runtime libraries.
@@ -108,14 +108,7 @@ let
           done < "$closureFile"
         fi
         for tree in $extraTrees; do
-          source="''${tree%%:*}"
-          target="''${tree#*:}"
-          # Files, and links to files (packed as the file they name); links to directories
-          # are left out, their files are reached at their own paths.
-          while IFS= read -r -d "" found; do
-            file="$found:$target''${found#"$source"}"
-            fileArgs+=(${toShellWords command.fileArgv})
-          done < <(find "$source" \( -type f -o \( -type l -xtype f \) \) -print0 | sort -z)
+          fileArgs+=(${toShellWords command.treeArgv})
         done
         if [ -n "$siteDir" ]; then
           # The catalog's nginx files are read from the workspace root: web/ is the site.

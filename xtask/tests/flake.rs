@@ -406,7 +406,14 @@ fn the_image_command_is_quotable_and_uses_only_declared_placeholders() {
         .iter()
         .map(|p| format!("@{}@", p.as_str().expect("placeholder names are strings")))
         .collect();
-    for list in ["argv", "cudaArgv", "fileArgv", "programArgv", "envArgv"] {
+    for list in [
+        "argv",
+        "cudaArgv",
+        "fileArgv",
+        "treeArgv",
+        "programArgv",
+        "envArgv",
+    ] {
         for arg in command[list].as_array().expect("argument list") {
             let arg = arg.as_str().expect("arguments are strings");
             // nix/images.nix double-quotes each argument: these characters need nothing more.

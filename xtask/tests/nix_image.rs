@@ -101,10 +101,11 @@ fn store_like_closure(dir: &Path, patchelf: &Path) -> (PathBuf, PathBuf) {
 }
 
 /// nix/image-command.json's arguments with the placeholders filled in, as nix/images.nix does.
-/// `files` and `programs` are `HOST_PATH:/IMAGE/PATH` values, `env` `NAME=VALUE` ones:
-/// `fileArgv`, `programArgv` and `envArgv` are repeated once for each.
+/// `files`, `trees` and `programs` are `HOST_PATH:/IMAGE/PATH` values, `env` `NAME=VALUE`
+/// ones: `fileArgv`, `treeArgv`, `programArgv` and `envArgv` are repeated once for each.
 struct Extras<'a> {
     files: &'a [String],
+    trees: &'a [String],
     programs: &'a [String],
     env: &'a [String],
 }
@@ -136,11 +137,12 @@ fn assembler_arguments(
     if with_cuda {
         args.extend(fill("cudaArgv", values));
     }
-    // In nix/images.nix's order: files (trees included), programs, env.
+    // In nix/images.nix's order: files, programs, env, trees.
     for (list, placeholder, items) in [
         ("fileArgv", "file", extras.files),
         ("programArgv", "program", extras.programs),
         ("envArgv", "env", extras.env),
+        ("treeArgv", "tree", extras.trees),
     ] {
         for item in items {
             let mut values = values.clone();
@@ -202,6 +204,7 @@ fn the_flakes_assembler_command_turns_a_store_closure_into_an_image_skopeo_reads
     let extra_file = format!("{STORE}/{PACKAGE}/share/hello.conf:/etc/hello.conf");
     let extras = Extras {
         files: &[extra_file],
+        trees: &[],
         programs: &[],
         env: &[],
     };
@@ -363,6 +366,7 @@ fn the_other_servers_images_from_a_store_closure_carry_the_catalogs_metadata() {
             files: &[format!(
                 "{STORE}/{PACKAGE}/share/mime.types:/etc/nginx/mime.types"
             )],
+            trees: &[],
             programs: &[format!("{program}:/usr/sbin/nginx")],
             env: &[],
         },
@@ -414,14 +418,10 @@ fn the_other_servers_images_from_a_store_closure_carry_the_catalogs_metadata() {
     // PostgreSQL: the programs at their store paths (executable), the package's closure given
     // whole as files (the libraries the ELF closure packs stay in the system layer only), PATH
     // naming the store's bin/ over the catalog's.
-    let closure_files: Vec<String> = [PACKAGE, GLIBC]
+    // closureInfo's store paths, each given whole as nix/images.nix does.
+    let closure: Vec<String> = [PACKAGE, GLIBC]
         .iter()
-        .flat_map(|path| walk(&store.join(path)))
-        .map(|file| {
-            let relative = file.strip_prefix(&store).expect("under the store");
-            let path = Path::new(STORE).join(relative).display().to_string();
-            format!("{path}:{path}")
-        })
+        .map(|path| format!("{STORE}/{path}:{STORE}/{path}"))
         .collect();
     let store_bin = format!("{STORE}/{PACKAGE}/bin");
     let (config, rootfs) = catalog_image_from_store(
@@ -430,7 +430,8 @@ fn the_other_servers_images_from_a_store_closure_carry_the_catalogs_metadata() {
         tools,
         &values("postgres"),
         &Extras {
-            files: &closure_files,
+            files: &[],
+            trees: &closure,
             programs: &[format!("{program}:{program}")],
             env: &[format!("PATH=/usr/local/bin:{store_bin}:/usr/bin:/bin")],
         },
@@ -488,6 +489,7 @@ fn the_other_servers_images_from_a_store_closure_carry_the_catalogs_metadata() {
         &values("garage"),
         &Extras {
             files: &[],
+            trees: &[],
             programs: &[],
             env: &[],
         },
@@ -504,21 +506,6 @@ fn the_other_servers_images_from_a_store_closure_carry_the_catalogs_metadata() {
         );
     }
     assert_eq!(starts(&rootfs, &config), "server");
-}
-
-/// Every file (and link to a file) under `dir`, as nix/images.nix's `find` lists a tree.
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir(dir).expect("read dir") {
-        let path = entry.expect("entry").path();
-        if path.is_dir() && !path.is_symlink() {
-            found.extend(walk(&path));
-        } else if path.is_file() {
-            found.push(path);
-        }
-    }
-    found.sort();
-    found
 }
 
 /// The paths of one layer of image `name` in `layout` (`index`: its position, usize::MAX for the

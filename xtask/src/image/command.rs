@@ -53,6 +53,11 @@ pub struct ImageArgs {
     /// `IMAGE=HOST_PATH:/IMAGE/PATH`: an extra file in the image's application layer.
     #[arg(long = "file", value_name = "IMAGE=HOST:/PATH")]
     pub files: Vec<String>,
+    /// `IMAGE=HOST_DIR:/IMAGE/DIR`: every file under HOST_DIR (and every link to a file; links
+    /// to directories are left out) in the application layer at the same path under /IMAGE/DIR,
+    /// like one --file each (a store path given whole: its data files, modules, time zones).
+    #[arg(long = "tree", value_name = "IMAGE=HOST:/DIR")]
+    pub trees: Vec<String>,
     /// `IMAGE=HOST_PATH:/IMAGE/PATH`: a program from this machine (a Nix store path) at that
     /// path, executable, its ELF closure in the system layer. A catalog image of Debian packages
     /// given programs is made of them (and its `--file`s) instead of its package set; everything
@@ -315,6 +320,16 @@ fn spec(
         .filter(|(image, _)| image == name)
         .map(|(_, value)| extra_file(&value))
         .collect::<Result<_>>()?;
+    for (_, value) in parse_pairs(&args.trees, "--tree")?
+        .into_iter()
+        .filter(|(image, _)| image == name)
+    {
+        let tree = extra_file(&value).with_context(|| format!("--tree {name}={value}"))?;
+        extra_files.extend(
+            tree_files(&tree.host_path, &tree.image_path)
+                .with_context(|| format!("--tree {name}={value}"))?,
+        );
+    }
     let programs: Vec<ExtraFile> = parse_pairs(&args.programs, "--program")?
         .into_iter()
         .filter(|(image, _)| image == name)
@@ -417,6 +432,53 @@ fn parse_pairs(values: &[String], flag: &str) -> Result<Vec<(String, String)>> {
                 .with_context(|| format!("{flag} {value:?}: expected IMAGE=VALUE"))
         })
         .collect()
+}
+
+/// The files of `--tree HOST:/DIR`: each regular file under `host` (links to files included,
+/// packed as the file they name; links to directories left out, as their files are reached at
+/// their own paths), sorted, at the same relative path under `image_dir`. A file given as the
+/// tree is itself at `image_dir`.
+fn tree_files(host: &Path, image_dir: &str) -> Result<Vec<ExtraFile>> {
+    let file = |host_path: PathBuf, image_path: String| ExtraFile {
+        host_path,
+        image_path,
+        mode: 0o644,
+    };
+    let meta = std::fs::metadata(host).with_context(|| format!("reading {}", host.display()))?;
+    if meta.is_file() {
+        return Ok(vec![file(host.to_owned(), image_dir.to_owned())]);
+    }
+    let mut found = Vec::new();
+    let mut pending = vec![host.to_owned()];
+    while let Some(dir) = pending.pop() {
+        for entry in
+            std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?
+        {
+            let path = entry
+                .with_context(|| format!("reading {}", dir.display()))?
+                .path();
+            let link = std::fs::symlink_metadata(&path)
+                .with_context(|| format!("reading {}", path.display()))?
+                .file_type()
+                .is_symlink();
+            // A dangling link has no metadata: left out like a link to a directory.
+            match std::fs::metadata(&path) {
+                Ok(meta) if meta.is_dir() && !link => pending.push(path),
+                Ok(meta) if meta.is_file() => {
+                    let relative = path
+                        .strip_prefix(host)
+                        .with_context(|| format!("{} outside {}", path.display(), host.display()))?
+                        .to_string_lossy()
+                        .into_owned();
+                    let image_path = format!("{}/{relative}", image_dir.trim_end_matches('/'));
+                    found.push(file(path, image_path));
+                }
+                _ => {}
+            }
+        }
+    }
+    found.sort_by(|a, b| a.image_path.cmp(&b.image_path));
+    Ok(found)
 }
 
 fn extra_file(value: &str) -> Result<ExtraFile> {
@@ -529,6 +591,32 @@ mod tests {
             err.contains("--program nginx=") && err.contains("--ca-bundle"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_tree_is_its_files_and_links_to_files_at_the_same_paths() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tree = dir.path().join("pkg");
+        std::fs::create_dir_all(tree.join("share/zoneinfo/Etc")).expect("dirs");
+        std::fs::write(tree.join("share/zoneinfo/Etc/UTC"), "tz").expect("file");
+        std::os::unix::fs::symlink("Etc/UTC", tree.join("share/zoneinfo/UTC")).expect("link");
+        std::os::unix::fs::symlink(".", tree.join("share/zoneinfo/posix")).expect("dir link");
+        std::os::unix::fs::symlink("missing", tree.join("share/dangling")).expect("dangling");
+        let files = tree_files(&tree, "/nix/store/x-pkg").expect("tree");
+        let paths: Vec<&str> = files.iter().map(|f| f.image_path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "/nix/store/x-pkg/share/zoneinfo/Etc/UTC",
+                "/nix/store/x-pkg/share/zoneinfo/UTC"
+            ]
+        );
+        let single = tree_files(&tree.join("share/zoneinfo/Etc/UTC"), "/etc/utc").expect("file");
+        assert_eq!(single[0].image_path, "/etc/utc");
+        let err = tree_files(&dir.path().join("absent"), "/x")
+            .expect_err("absent")
+            .to_string();
+        assert!(err.contains("absent"), "{err}");
     }
 
     #[test]

@@ -222,6 +222,7 @@ fn image_args(root: &Path, names: &[String], layout: &Path, args: &ReleaseArgs) 
         json: false,
         binaries: Vec::new(),
         files: Vec::new(),
+        trees: Vec::new(),
         programs: Vec::new(),
         env: Vec::new(),
         gpu_images: Vec::new(),
