@@ -39,7 +39,9 @@ let
   # One image: `binaryPath` is the executable (its ELF closure is read from the sandbox's
   # /nix/store), `files` extra files (`{ source; target; }`, a store file and its absolute path in
   # the image), `trees` directories whose every file goes in at the same relative path
-  # (`{ source; target; }`; found at build time), `cudaDir` a directory of CUDA runtime libraries.
+  # (`{ source; target; }`; found at build time), `cudaDir` a directory of CUDA runtime libraries,
+  # `launcherPath` an entrypoint packed at /usr/local/bin/NAME in the binary's place (the binary
+  # then at /usr/local/libexec/cairn/NAME; inference-cuda's cuda-launch).
   mkImage =
     {
       name,
@@ -48,6 +50,7 @@ let
       files ? [ ],
       trees ? [ ],
       cudaDir ? null,
+      launcherPath ? null,
     }:
     pkgs.runCommand "cairn-image-${name}"
       {
@@ -55,6 +58,7 @@ let
         imageName = name;
         inherit binaryPath;
         cudaLibDir = if cudaDir == null then "" else cudaDir;
+        launcherFile = if launcherPath == null then "" else launcherPath;
         extraFiles = map (file: "${file.source}:${file.target}") files;
         extraTrees = map (tree: "${tree.source}:${tree.target}") trees;
         caBundleFile = "${pkgs.cacert}/etc/ssl/certs/ca-bundle.crt";
@@ -64,6 +68,7 @@ let
       ''
         name="$imageName"
         binary="$binaryPath"
+        launcher="$launcherFile"
         caBundle="$caBundleFile"
         cache="$PWD/cache"
         cuda="$PWD/cuda"
@@ -89,6 +94,8 @@ let
         fi
         xtask ${toShellWords command.argv} ${
           lib.optionalString (cudaDir != null) (toShellWords command.cudaArgv)
+        } ${
+          lib.optionalString (launcherPath != null) (toShellWords command.launcherArgv)
         } "''${fileArgs[@]}"
       '';
 
@@ -159,6 +166,8 @@ in
     binaryPath = lib.getExe binaries.inference-cuda;
     inherit (binaries.inference-cuda) version;
     cudaDir = "${binaries.inference-cuda.cudaRuntime}/lib";
+    # Without the NVIDIA driver, cairn's one line instead of the loader's (services/cuda-launch).
+    launcherPath = lib.getExe binaries.cuda-launch;
   };
 
   nginx = mkImage {

@@ -105,6 +105,7 @@ fn store_like_closure(dir: &Path, patchelf: &Path) -> (PathBuf, PathBuf) {
 fn assembler_arguments(
     values: &BTreeMap<&str, PathBuf>,
     with_cuda: bool,
+    with_launcher: bool,
     files: &[String],
 ) -> Vec<String> {
     let path = root().join("nix/image-command.json");
@@ -128,6 +129,9 @@ fn assembler_arguments(
     let mut args = fill("argv", values);
     if with_cuda {
         args.extend(fill("cudaArgv", values));
+    }
+    if with_launcher {
+        args.extend(fill("launcherArgv", values));
     }
     for file in files {
         let mut values = values.clone();
@@ -155,11 +159,14 @@ fn the_flakes_assembler_command_turns_a_store_closure_into_an_image_skopeo_reads
     let layout = dir.join("oci");
     let values = BTreeMap::from([
         ("name", PathBuf::from(IMAGE)),
-        ("binary", binary),
+        ("binary", binary.clone()),
         ("out", layout.clone()),
         ("caBundle", image_support::test_ca_bundle()),
         ("cache", dir.join("cache")),
         ("cuda", dir.join("no-cuda")),
+        // inference-cuda's launcherArgv, with the closure's binary standing in for cuda-launch:
+        // it goes to /usr/local/bin, the binary to /usr/local/libexec/cairn.
+        ("launcher", binary.clone()),
     ]);
     // A data file of the closure, placed by fileArgv as the new images' configs are.
     let config = store.join(PACKAGE).join("share/hello.conf");
@@ -172,7 +179,7 @@ fn the_flakes_assembler_command_turns_a_store_closure_into_an_image_skopeo_reads
         .arg("sh")
         .arg(&store)
         .arg(env!("CARGO_BIN_EXE_xtask"))
-        .args(assembler_arguments(&values, false, &[extra_file]))
+        .args(assembler_arguments(&values, false, true, &[extra_file]))
         .env("SOURCE_DATE_EPOCH", "1")
         .env("CAIRN_REVISION", "test")
         .env("CAIRN_VERSION", "0.0.0"));
@@ -218,6 +225,15 @@ fn the_flakes_assembler_command_turns_a_store_closure_into_an_image_skopeo_reads
         "greeting = hello\n",
         "fileArgv placed the extra file"
     );
+    for placed in [
+        format!("usr/local/bin/{IMAGE}"),
+        format!("usr/local/libexec/cairn/{IMAGE}"),
+    ] {
+        assert!(
+            rootfs.join(&placed).is_file(),
+            "launcherArgv: {placed} missing"
+        );
+    }
     let output = run(Command::new("chroot")
         .arg(&rootfs)
         .args(&entrypoint)
