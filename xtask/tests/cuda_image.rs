@@ -263,14 +263,19 @@ fn inference_cuda_image_resolves_loads_and_stops_without_a_driver() {
         .args(["load", "--input"])
         .arg(out.with_extension("tar")));
     let loaded = stdout(&load);
-    let id = loaded
+    // Every name the archive gave (its content tag and `latest`), all removed at the end.
+    let names: Vec<String> = loaded
         .lines()
-        .find_map(|l| {
+        .filter_map(|l| {
             l.strip_prefix("Loaded image ID: ")
                 .or(l.strip_prefix("Loaded image: "))
         })
+        .map(str::to_owned)
+        .collect();
+    let id = names
+        .first()
         .unwrap_or_else(|| panic!("docker load said {loaded:?}"))
-        .to_owned();
+        .clone();
     let serve = start_without_gpu(&docker, &id, "serve", &["-e", "DEVICE=cuda"], &[]);
     let health = start_without_gpu(&docker, &id, "healthcheck", &[], &["healthcheck"]);
     // With a libcuda.so.1 to load (the toolkit's link-time stub; healthcheck calls no driver
@@ -280,7 +285,7 @@ fn inference_cuda_image_resolves_loads_and_stops_without_a_driver() {
         toolkit.join("lib64/stubs/libcuda.so").display()
     );
     let launched = start_without_gpu(&docker, &id, "launched", &["-v", &stub], &["healthcheck"]);
-    let _ = Command::new(&docker).args(["rmi", &id]).output();
+    let _ = Command::new(&docker).arg("rmi").args(&names).output();
     for (what, (exit_code, text)) in [("serve", serve), ("healthcheck", health)] {
         let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
         assert_ne!(exit_code, 0, "{what} without a driver exited 0: {text}");
