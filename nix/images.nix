@@ -49,7 +49,9 @@ let
   # in at the same relative path (`{ source; target; }`; listed by the assembler), `closureOf`
   # packages whose whole runtime closure goes in at its store paths (data files, modules
   # loaded at run time), `env` variables set over the catalog's, `withSite` the workspace's web/
-  # as the catalog's nginx site, `cudaDir` a directory of CUDA runtime libraries.
+  # as the catalog's nginx site, `cudaDir` a directory of CUDA runtime libraries,
+  # `launcherPath` an entrypoint packed at /usr/local/bin/NAME in the binary's place (the binary
+  # then at /usr/local/libexec/cairn/NAME; inference-cuda's cuda-launch).
   mkImage =
     {
       name,
@@ -62,6 +64,7 @@ let
       env ? { },
       withSite ? false,
       cudaDir ? null,
+      launcherPath ? null,
     }:
     pkgs.runCommand "cairn-image-${name}"
       {
@@ -70,6 +73,7 @@ let
         inherit binaryPath;
         cudaLibDir = if cudaDir == null then "" else cudaDir;
         extraPrograms = map (program: "${program.source}:${program.target}") programs;
+        launcherFile = if launcherPath == null then "" else launcherPath;
         extraFiles = map (file: "${file.source}:${file.target}") files;
         extraTrees = map (tree: "${tree.source}:${tree.target}") trees;
         closureFile =
@@ -89,6 +93,7 @@ let
       ''
         name="$imageName"
         binary="$binaryPath"
+        launcher="$launcherFile"
         caBundle="$caBundleFile"
         cache="$PWD/cache"
         cuda="$PWD/cuda"
@@ -126,6 +131,8 @@ let
         fi
         xtask ${toShellWords command.argv} ${
           lib.optionalString (cudaDir != null) (toShellWords command.cudaArgv)
+        } ${
+          lib.optionalString (launcherPath != null) (toShellWords command.launcherArgv)
         } "''${fileArgs[@]}"
       '';
 
@@ -161,6 +168,8 @@ in
     binaryPath = lib.getExe binaries.inference-cuda;
     inherit (binaries.inference-cuda) version;
     cudaDir = "${binaries.inference-cuda.cudaRuntime}/lib";
+    # Without the NVIDIA driver, cairn's one line instead of the loader's (services/cuda-launch).
+    launcherPath = lib.getExe binaries.cuda-launch;
   };
 
   # The catalog's entrypoint runs /usr/sbin/nginx with `-c /etc/nginx/nginx.conf`, the path the

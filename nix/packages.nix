@@ -10,6 +10,9 @@
 #   libraries (glibc, gcc's libstdc++/libgcc_s), a directory of links to the CUDA runtime
 #   libraries (never a libcuda) and the host driver directory, so the toolkit stays out of its
 #   closure and the libcuda stub can never be loaded in place of the driver.
+# - cuda-launch: glibc (it dlopens libcuda.so.1, which a static musl binary cannot), the
+#   inference-cuda image's entrypoint; its RUNPATH gains the host driver directory
+#   inference-cuda's has, so it looks for libcuda.so.1 where the CUDA build will.
 {
   pkgs,
   nixpkgs,
@@ -268,6 +271,13 @@ let
       cargoExtraArgs = "--locked -p inference";
     };
     inference-cuda = inference-cuda-for { };
+    cuda-launch = buildBinary {
+      name = "cuda-launch";
+      cargoExtraArgs = "--locked -p cuda-launch";
+      extra.postFixup = ''
+        patchelf --add-rpath /run/opengl-driver/lib "$out/bin/cuda-launch"
+      '';
+    };
   };
 
   # The nginx config `cargo xtask render` writes from deploy/, rendered by the store-built xtask.

@@ -3,8 +3,10 @@
 //! builds through it (the cargo target directory `target/features-cuda` is the cache: cold, the
 //! build compiles candle's kernels with nvcc; warm, cargo finds nothing to do), the image's binary
 //! finds every library it needs inside the unpacked rootfs (libcuda excepted: the NVIDIA runtime
-//! injects it), `docker load` takes the archive, and without a driver the binary stops at
-//! start-up with one line and never serves.
+//! injects it), `docker load` takes the archive, and without a driver the image's entrypoint
+//! (`cuda-launch` at /usr/local/bin/inference, the CUDA build behind it in
+//! /usr/local/libexec/cairn) stops at start-up with cairn's one line, not the loader's, and
+//! never serves; `inference healthcheck` fails with the same line.
 
 mod image_support;
 
@@ -14,6 +16,9 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use image_support::{blob_json, index, xtask};
+
+/// What `cuda-launch` prints when the NVIDIA driver does not load (services/cuda-launch).
+const NO_DRIVER: &str = "inference: the CUDA build needs the NVIDIA driver: libcuda.so.1 was not found (run the container with --gpus, and the NVIDIA Container Toolkit on the host)";
 
 fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).trim().to_owned()
@@ -156,7 +161,7 @@ fn unresolved(rootfs: &Path, binary: &Path, ld_library_path: &str) -> (Vec<Strin
 
 #[test]
 fn inference_cuda_image_resolves_loads_and_stops_without_a_driver() {
-    let (Some(_), Some(umoci), Some(docker)) = (
+    let (Some(toolkit), Some(umoci), Some(docker)) = (
         toolkit(),
         testkit::require_tool("umoci", "apt-get install umoci"),
         testkit::require_docker(),
@@ -217,12 +222,29 @@ fn inference_cuda_image_resolves_loads_and_stops_without_a_driver() {
         .arg(format!("{}:inference-cuda", out.display()))
         .arg(&bundle));
     let rootfs = bundle.join("rootfs");
-    let binary = rootfs.join("usr/local/bin/inference");
+    let binary = rootfs.join("usr/local/libexec/cairn/inference");
     let (missing, resolved) = unresolved(&rootfs, &binary, ld_library_path);
     assert!(missing.is_empty(), "not in the image: {missing:?}");
     assert!(
         resolved >= 8,
         "the CUDA build needs cudart, cublas, cublasLt, curand, nvrtc, …"
+    );
+    // The entrypoint is the launcher: it must start where the CUDA build cannot.
+    let launcher = rootfs.join("usr/local/bin/inference");
+    let launcher_elf = std::fs::read(&launcher).expect("the launcher");
+    let launcher_elf = goblin::elf::Elf::parse(&launcher_elf).expect("launcher ELF");
+    assert!(
+        !launcher_elf
+            .libraries
+            .iter()
+            .any(|l| l.starts_with("libcu") || l.starts_with("libnv")),
+        "the launcher links CUDA: {:?}",
+        launcher_elf.libraries
+    );
+    let (missing, _) = unresolved(&rootfs, &launcher, ld_library_path);
+    assert!(
+        missing.is_empty(),
+        "the launcher's {missing:?} not in the image"
     );
     let packed_driver = walk(&rootfs)
         .into_iter()
@@ -241,46 +263,77 @@ fn inference_cuda_image_resolves_loads_and_stops_without_a_driver() {
         .args(["load", "--input"])
         .arg(out.with_extension("tar")));
     let loaded = stdout(&load);
-    let id = loaded
+    // Every name the archive gave (its content tag and `latest`), all removed at the end.
+    let names: Vec<String> = loaded
         .lines()
-        .find_map(|l| {
+        .filter_map(|l| {
             l.strip_prefix("Loaded image ID: ")
                 .or(l.strip_prefix("Loaded image: "))
         })
+        .map(str::to_owned)
+        .collect();
+    let id = names
+        .first()
         .unwrap_or_else(|| panic!("docker load said {loaded:?}"))
-        .to_owned();
-    let name = format!("cairn-cuda-test-{}", std::process::id());
-    let started = run(Command::new(&docker).args([
-        "run",
-        "-d",
-        "--name",
-        &name,
-        "--pull",
-        "never",
-        "-e",
-        "DEVICE=cuda",
-        &id,
-    ]));
+        .clone();
+    let serve = start_without_gpu(&docker, &id, "serve", &["-e", "DEVICE=cuda"], &[]);
+    let health = start_without_gpu(&docker, &id, "healthcheck", &[], &["healthcheck"]);
+    // With a libcuda.so.1 to load (the toolkit's link-time stub; healthcheck calls no driver
+    // function), the launcher execs the CUDA build with the arguments: its own probe answers.
+    let stub = format!(
+        "{}:/usr/lib/x86_64-linux-gnu/libcuda.so.1:ro",
+        toolkit.join("lib64/stubs/libcuda.so").display()
+    );
+    let launched = start_without_gpu(&docker, &id, "launched", &["-v", &stub], &["healthcheck"]);
+    let _ = Command::new(&docker).arg("rmi").args(&names).output();
+    for (what, (exit_code, text)) in [("serve", serve), ("healthcheck", health)] {
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_ne!(exit_code, 0, "{what} without a driver exited 0: {text}");
+        assert_eq!(
+            lines,
+            [NO_DRIVER],
+            "{what}: cairn's one line, not the loader's: {text}"
+        );
+    }
+    let (exit_code, text) = launched;
+    assert_ne!(exit_code, 0, "healthcheck against nothing exited 0: {text}");
+    assert!(
+        text.trim()
+            .starts_with("unhealthy: connecting to http://127.0.0.1:8001/health"),
+        "the CUDA build's own healthcheck, reached through the launcher: {text}"
+    );
+}
+
+/// Runs the image (no `--gpus`) with `options` and `args`; returns its exit code and its output
+/// once it has exited.
+fn start_without_gpu(
+    docker: &Path,
+    id: &str,
+    what: &str,
+    options: &[&str],
+    args: &[&str],
+) -> (i64, String) {
+    let name = format!("cuda-launch-test-{what}-{}", std::process::id());
+    let mut command = Command::new(docker);
+    command
+        .args(["run", "-d", "--name", &name, "--pull", "never"])
+        .args(options)
+        .arg(id)
+        .args(args);
+    let started = run(&mut command);
     assert!(!stdout(&started).is_empty());
-    let exit_code = wait_for_exit(&docker, &name, Duration::from_secs(60));
-    let logs = Command::new(&docker)
+    let exit_code = wait_for_exit(docker, &name, Duration::from_secs(60));
+    let logs = Command::new(docker)
         .args(["logs", &name])
         .output()
         .expect("logs");
-    let _ = Command::new(&docker).args(["rm", "-f", &name]).output();
-    let _ = Command::new(&docker).args(["rmi", &id]).output();
+    let _ = Command::new(docker).args(["rm", "-f", &name]).output();
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&logs.stdout),
         String::from_utf8_lossy(&logs.stderr)
     );
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_ne!(exit_code, 0, "started without a driver: {text}");
-    assert_eq!(lines.len(), 1, "one line, not a panic: {text}");
-    assert!(
-        lines[0].contains("libcuda.so.1"),
-        "names the driver: {text}"
-    );
+    (exit_code, text)
 }
 
 fn wait_for_exit(docker: &Path, name: &str, limit: Duration) -> i64 {

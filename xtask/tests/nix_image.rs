@@ -108,6 +108,8 @@ struct Extras<'a> {
     trees: &'a [String],
     programs: &'a [String],
     env: &'a [String],
+    /// inference-cuda's launcherArgv.
+    launcher: bool,
 }
 
 fn assembler_arguments(
@@ -136,6 +138,9 @@ fn assembler_arguments(
     let mut args = fill("argv", values);
     if with_cuda {
         args.extend(fill("cudaArgv", values));
+    }
+    if extras.launcher {
+        args.extend(fill("launcherArgv", values));
     }
     // In nix/images.nix's order: files, programs, env, trees.
     for (list, placeholder, items) in [
@@ -191,11 +196,14 @@ fn the_flakes_assembler_command_turns_a_store_closure_into_an_image_skopeo_reads
     let layout = dir.join("oci");
     let values = BTreeMap::from([
         ("name", PathBuf::from(IMAGE)),
-        ("binary", binary),
+        ("binary", binary.clone()),
         ("out", layout.clone()),
         ("caBundle", image_support::test_ca_bundle()),
         ("cache", dir.join("cache")),
         ("cuda", dir.join("no-cuda")),
+        // inference-cuda's launcherArgv, with the closure's binary standing in for cuda-launch:
+        // it goes to /usr/local/bin, the binary to /usr/local/libexec/cairn.
+        ("launcher", binary.clone()),
     ]);
     // A data file of the closure, placed by fileArgv as the new images' configs are.
     let config = store.join(PACKAGE).join("share/hello.conf");
@@ -207,6 +215,7 @@ fn the_flakes_assembler_command_turns_a_store_closure_into_an_image_skopeo_reads
         trees: &[],
         programs: &[],
         env: &[],
+        launcher: true,
     };
     assemble_in_store(&store, &assembler_arguments(&values, false, &extras), None);
 
@@ -251,6 +260,15 @@ fn the_flakes_assembler_command_turns_a_store_closure_into_an_image_skopeo_reads
         "greeting = hello\n",
         "fileArgv placed the extra file"
     );
+    for placed in [
+        format!("usr/local/bin/{IMAGE}"),
+        format!("usr/local/libexec/cairn/{IMAGE}"),
+    ] {
+        assert!(
+            rootfs.join(&placed).is_file(),
+            "launcherArgv: {placed} missing"
+        );
+    }
     let output = run(Command::new("chroot")
         .arg(&rootfs)
         .args(&entrypoint)
@@ -369,6 +387,7 @@ fn the_other_servers_images_from_a_store_closure_carry_the_catalogs_metadata() {
             trees: &[],
             programs: &[format!("{program}:/usr/sbin/nginx")],
             env: &[],
+            launcher: false,
         },
         Some(&workspace),
     );
@@ -434,6 +453,7 @@ fn the_other_servers_images_from_a_store_closure_carry_the_catalogs_metadata() {
             trees: &closure,
             programs: &[format!("{program}:{program}")],
             env: &[format!("PATH=/usr/local/bin:{store_bin}:/usr/bin:/bin")],
+            launcher: false,
         },
         None,
     );
@@ -491,6 +511,7 @@ fn the_other_servers_images_from_a_store_closure_carry_the_catalogs_metadata() {
             files: &[],
             trees: &[],
             programs: &[],
+            launcher: false,
             env: &[],
         },
         None,

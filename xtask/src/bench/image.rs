@@ -154,6 +154,7 @@ fn bench_spec(binary: &Path) -> ImageSpec {
         name: "bench".into(),
         binary: Some(binary.to_owned()),
         binary_name: "app".into(),
+        launcher: None,
         entrypoint: vec!["/usr/local/bin/app".into()],
         cmd: Vec::new(),
         stop_signal: None,

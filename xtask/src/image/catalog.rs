@@ -28,6 +28,11 @@ pub enum ImageContent {
     Service {
         package: &'static str,
         features: &'static [&'static str],
+        /// A workspace binary (built without features) packed at /usr/local/bin/PACKAGE in the
+        /// service's place, the service then at /usr/local/libexec/cairn/PACKAGE; the CUDA build
+        /// gets `cuda-launch`, which prints one line instead of the loader's when the NVIDIA
+        /// driver is missing.
+        launcher: Option<&'static str>,
     },
     /// Every kept file of a package set, plus cairn's own files.
     Debian(DebianImage),
@@ -68,11 +73,23 @@ impl CatalogImage {
     /// The workspace package `cargo xtask build` must build for this image, with its features.
     pub fn workspace_binary(&self) -> Option<(&'static str, &'static [&'static str])> {
         match self.content {
-            ImageContent::Service { package, features } => Some((package, features)),
+            ImageContent::Service {
+                package, features, ..
+            } => Some((package, features)),
             ImageContent::Debian(DebianImage {
                 helper: Some(package),
                 ..
             }) => Some((package, &[])),
+            ImageContent::Debian(_) | ImageContent::Prebuilt(_) => None,
+        }
+    }
+}
+
+impl CatalogImage {
+    /// The launcher's workspace package, for a service that has one.
+    pub fn launcher(&self) -> Option<&'static str> {
+        match self.content {
+            ImageContent::Service { launcher, .. } => launcher,
             ImageContent::Debian(_) | ImageContent::Prebuilt(_) => None,
         }
     }
@@ -88,6 +105,7 @@ pub const CATALOG: &[CatalogImage] = &[
         content: ImageContent::Service {
             package: "gateway",
             features: &[],
+            launcher: None,
         },
         ports: &[8080],
         gpu: false,
@@ -97,6 +115,7 @@ pub const CATALOG: &[CatalogImage] = &[
         content: ImageContent::Service {
             package: "api",
             features: &[],
+            launcher: None,
         },
         ports: &[8000],
         gpu: false,
@@ -106,6 +125,7 @@ pub const CATALOG: &[CatalogImage] = &[
         content: ImageContent::Service {
             package: "inference",
             features: &[],
+            launcher: None,
         },
         ports: &[8001],
         gpu: false,
@@ -115,6 +135,7 @@ pub const CATALOG: &[CatalogImage] = &[
         content: ImageContent::Service {
             package: "inference",
             features: &["cuda"],
+            launcher: Some("cuda-launch"),
         },
         ports: &[8001],
         gpu: true,

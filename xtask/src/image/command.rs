@@ -50,6 +50,10 @@ pub struct ImageArgs {
     /// An IMAGE outside the catalog makes an image for any binary.
     #[arg(long = "binary", value_name = "IMAGE=PATH")]
     pub binaries: Vec<String>,
+    /// `IMAGE=PATH`: pack this launcher at /usr/local/bin/NAME and the binary at
+    /// /usr/local/libexec/cairn/NAME (inference-cuda's `cuda-launch`, built when not given).
+    #[arg(long = "launcher", value_name = "IMAGE=PATH")]
+    pub launchers: Vec<String>,
     /// `IMAGE=HOST_PATH:/IMAGE/PATH`: an extra file in the image's application layer.
     #[arg(long = "file", value_name = "IMAGE=HOST:/PATH")]
     pub files: Vec<String>,
@@ -149,12 +153,20 @@ fn human_size(bytes: u64) -> String {
 /// The images to write, the binaries to build, and the plan.
 pub fn plan_from_args(args: &ImageArgs, root: &Path) -> Result<ImagePlan> {
     let given = parse_pairs(&args.binaries, "--binary")?;
+    let given_launchers = parse_pairs(&args.launchers, "--launcher")?;
     let names = selected_images(args, root, &given)?;
-    let to_build: Vec<BuildRequest> = names
+    let mut to_build: Vec<BuildRequest> = names
         .iter()
         .filter(|name| !given.iter().any(|(image, _)| image == *name))
         .filter_map(|name| catalog::find(name).and_then(request))
         .collect();
+    to_build.extend(
+        names
+            .iter()
+            .filter(|name| !given_launchers.iter().any(|(image, _)| image == *name))
+            .filter_map(|name| catalog::find(name).and_then(CatalogImage::launcher))
+            .map(launcher_request),
+    );
     let built = if to_build.is_empty() {
         Vec::new()
     } else {
@@ -188,7 +200,22 @@ pub fn plan_from_args(args: &ImageArgs, root: &Path) -> Result<ImagePlan> {
             },
             (None, None) => bail!("unknown image {name:?}"),
         };
-        images.push(spec(args, root, name, binary, version)?);
+        let launcher = match (
+            given_launchers.iter().find(|(image, _)| image == name),
+            entry.and_then(CatalogImage::launcher),
+        ) {
+            (Some((_, path)), _) => Some(PathBuf::from(path)),
+            (None, Some(package)) => Some(
+                built
+                    .iter()
+                    .find(|b| b.package == package && b.features.is_empty())
+                    .with_context(|| format!("no launcher {package} was built for {name}"))?
+                    .path
+                    .clone(),
+            ),
+            (None, None) => None,
+        };
+        images.push(spec(args, root, name, binary, launcher, version)?);
     }
     let needs_base = images.iter().any(|image| image.debian_set.is_none());
     let system = match (&args.ca_bundle, needs_base) {
@@ -223,6 +250,15 @@ pub fn plan_from_args(args: &ImageArgs, root: &Path) -> Result<ImagePlan> {
             })
             .unwrap_or_else(|| LayerCache::beside(&out)),
     })
+}
+
+/// A launcher's build: its package, without features.
+fn launcher_request(package: &str) -> BuildRequest {
+    BuildRequest {
+        package: package.into(),
+        bin: package.into(),
+        features: Vec::new(),
+    }
 }
 
 /// The workspace binary an image needs built, if any.
@@ -283,6 +319,7 @@ fn spec(
     root: &Path,
     name: &str,
     binary: Option<PathBuf>,
+    launcher: Option<PathBuf>,
     version: String,
 ) -> Result<ImageSpec> {
     let entry = catalog::find(name);
@@ -404,6 +441,7 @@ fn spec(
         name: name.to_owned(),
         binary,
         binary_name,
+        launcher,
         entrypoint,
         cmd,
         stop_signal,
@@ -530,6 +568,7 @@ mod tests {
             root.path(),
             "postgres",
             args_binary(&args),
+            None,
             "1".into(),
         )
         .expect("spec");
@@ -570,7 +609,7 @@ mod tests {
     fn without_programs_the_image_is_made_of_its_package_set() {
         let root = tempfile::tempdir().expect("tempdir");
         let args = args(&["nginx"]);
-        let spec = spec(&args, root.path(), "nginx", None, "1".into()).expect("spec");
+        let spec = spec(&args, root.path(), "nginx", None, None, "1".into()).expect("spec");
         assert_eq!(spec.debian_set.as_deref(), Some("nginx"));
         assert_eq!(spec.cmd, ["-g", "daemon off;"]);
         assert!(spec.programs.is_empty());
@@ -584,7 +623,7 @@ mod tests {
             "--program",
             "nginx=/nix/store/z/bin/nginx:/usr/sbin/nginx",
         ]);
-        let err = spec(&args, root.path(), "nginx", None, "1".into())
+        let err = spec(&args, root.path(), "nginx", None, None, "1".into())
             .expect_err("no --ca-bundle")
             .to_string();
         assert!(
@@ -623,9 +662,16 @@ mod tests {
     fn a_malformed_env_names_the_flag() {
         let root = tempfile::tempdir().expect("tempdir");
         let args = args(&["garage", "--env", "garage=NOVALUE"]);
-        let err = spec(&args, root.path(), "garage", Some("/g".into()), "1".into())
-            .expect_err("no NAME=VALUE")
-            .to_string();
+        let err = spec(
+            &args,
+            root.path(),
+            "garage",
+            Some("/g".into()),
+            None,
+            "1".into(),
+        )
+        .expect_err("no NAME=VALUE")
+        .to_string();
         assert!(err.contains("--env garage=\"NOVALUE\""), "{err}");
     }
 }

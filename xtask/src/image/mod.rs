@@ -20,7 +20,7 @@ pub mod plan;
 pub mod site;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
@@ -175,11 +175,7 @@ fn package_image_layers(spec: &ImageSpec, pinned: &PinnedSet) -> Result<PlannedI
         }
     }
     if let Some(binary) = &spec.binary {
-        roots.push((
-            binary.display().to_string(),
-            binary.clone(),
-            format!("{}/{}", plan::BIN_DIR, spec.binary_name),
-        ));
+        roots.extend(elf_roots(spec, binary));
     }
     tree::closure(&pinned.tree, &roots)
         .with_context(|| format!("checking the files of package set {}", pinned.set.name))?;
@@ -190,6 +186,50 @@ fn package_image_layers(spec: &ImageSpec, pinned: &PinnedSet) -> Result<PlannedI
         layers,
         debian_packages: packages::all_packages(pinned),
     })
+}
+
+/// cairn's executables of an image as closure roots (label, host path, image path): the binary,
+/// and its launcher when it has one.
+fn elf_roots(spec: &ImageSpec, binary: &Path) -> Vec<(String, PathBuf, String)> {
+    let mut roots = vec![(
+        binary.display().to_string(),
+        binary.to_owned(),
+        plan::binary_path(spec),
+    )];
+    if let Some(launcher) = &spec.launcher {
+        roots.push((
+            launcher.display().to_string(),
+            launcher.clone(),
+            format!("{}/{}", plan::BIN_DIR, spec.binary_name),
+        ));
+    }
+    roots
+}
+
+/// Adds the libraries of `more` (the launcher's closure) that `libraries` lacks; the same image
+/// path from two different host files is an error naming both.
+fn merge_closure(
+    libraries: &mut Vec<elf::SharedLibrary>,
+    more: Vec<elf::SharedLibrary>,
+    launcher: &Path,
+) -> Result<()> {
+    for library in more {
+        match libraries
+            .iter()
+            .find(|known| known.image_path == library.image_path)
+        {
+            Some(known) if known.host_path != library.host_path => anyhow::bail!(
+                "launcher {} needs {} from {}, but the binary's closure packs {} there",
+                launcher.display(),
+                library.image_path,
+                library.host_path.display(),
+                known.host_path.display()
+            ),
+            Some(_) => {}
+            None => libraries.push(library),
+        }
+    }
+    Ok(())
 }
 
 fn service_layers(spec: &ImageSpec, system: &SystemFiles) -> Result<PlannedImage> {
@@ -220,6 +260,13 @@ fn service_layers(spec: &ImageSpec, system: &SystemFiles) -> Result<PlannedImage
                     libraries.push(library);
                 }
             }
+        }
+        if let Some(launcher) = &spec.launcher {
+            merge_closure(
+                &mut libraries,
+                elf::closure(launcher, &cuda_dirs)?,
+                launcher,
+            )?;
         }
         Ok(libraries.into_iter().partition::<Vec<_>, _>(|lib| {
             cuda_dirs.iter().any(|dir| lib.host_path.starts_with(dir))
@@ -255,11 +302,7 @@ fn service_layers(spec: &ImageSpec, system: &SystemFiles) -> Result<PlannedImage
                     EntrySource::Bytes(bundle),
                 )
             } else {
-                let roots = [(
-                    binary.display().to_string(),
-                    binary.clone(),
-                    format!("{}/{}", plan::BIN_DIR, spec.binary_name),
-                )];
+                let roots = elf_roots(spec, binary);
                 let closure = tree::closure(&base.tree, &roots).with_context(|| {
                     format!(
                         "finding the libraries of {} in the pinned Debian packages",

@@ -16,6 +16,9 @@ use super::layer::{EntrySource, LayerEntry, LayerPlan};
 /// The non-root user every image runs as.
 pub const USER_ID: u64 = 65532;
 pub const BIN_DIR: &str = "/usr/local/bin";
+/// Where an image with a launcher keeps the binary the launcher execs (`cuda-launch`'s
+/// `LIBEXEC_DIR`).
+pub const LIBEXEC_DIR: &str = "/usr/local/libexec/cairn";
 pub const CA_PATH: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 /// A host file copied into the application layer.
@@ -51,6 +54,10 @@ pub struct ImageSpec {
     pub binary: Option<PathBuf>,
     /// The file name under /usr/local/bin.
     pub binary_name: String,
+    /// A launcher packed at /usr/local/bin/`binary_name` in the binary's place, the binary then
+    /// at /usr/local/libexec/cairn/`binary_name` (GPU images: `cuda-launch`, which checks for the
+    /// driver before it execs the CUDA build). Its ELF closure is packed with the binary's.
+    pub launcher: Option<PathBuf>,
     /// The config's Entrypoint and Cmd (a service: its binary, no Cmd).
     pub entrypoint: Vec<String>,
     pub cmd: Vec<String>,
@@ -140,8 +147,14 @@ pub fn app_layer(spec: &ImageSpec) -> LayerPlan {
     let mut plan = LayerPlan::new("app");
     if let Some(binary) = &spec.binary {
         plan.insert(
-            &format!("{BIN_DIR}/{}", spec.binary_name),
+            &binary_path(spec),
             root_entry(EntrySource::HostFile(binary.clone()), 0o755),
+        );
+    }
+    if let Some(launcher) = &spec.launcher {
+        plan.insert(
+            &format!("{BIN_DIR}/{}", spec.binary_name),
+            root_entry(EntrySource::HostFile(launcher.clone()), 0o755),
         );
     }
     for dir in &spec.writable_dirs {
@@ -160,6 +173,15 @@ pub fn app_layer(spec: &ImageSpec) -> LayerPlan {
         );
     }
     plan
+}
+
+/// Where the binary sits in the image: /usr/local/bin, or behind its launcher in
+/// /usr/local/libexec/cairn.
+pub fn binary_path(spec: &ImageSpec) -> String {
+    match spec.launcher {
+        Some(_) => format!("{LIBEXEC_DIR}/{}", spec.binary_name),
+        None => format!("{BIN_DIR}/{}", spec.binary_name),
+    }
 }
 
 /// The environment of the config, sorted by name after PATH.
@@ -231,6 +253,7 @@ mod tests {
             name: "gateway".into(),
             binary: Some("/bin/true".into()),
             binary_name: "gateway".into(),
+            launcher: None,
             entrypoint: vec!["/usr/local/bin/gateway".into()],
             cmd: vec![],
             stop_signal: None,
@@ -282,6 +305,20 @@ mod tests {
             env.iter()
                 .any(|e| e.starts_with("LD_LIBRARY_PATH=/usr/local/cuda/lib64:"))
         );
+    }
+
+    #[test]
+    fn a_launcher_takes_the_binarys_place() {
+        let mut launched = spec();
+        launched.launcher = Some("/bin/false".into());
+        let plan = app_layer(&launched);
+        let source = |path: &str| match &plan.entries[path].source {
+            EntrySource::HostFile(host) => host.display().to_string(),
+            other => panic!("{path}: {other:?}"),
+        };
+        assert_eq!(source("usr/local/bin/gateway"), "/bin/false");
+        assert_eq!(source("usr/local/libexec/cairn/gateway"), "/bin/true");
+        assert_eq!(plan.entries["usr/local/libexec/cairn/gateway"].mode, 0o755);
     }
 
     #[test]

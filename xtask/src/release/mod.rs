@@ -221,6 +221,7 @@ fn image_args(root: &Path, names: &[String], layout: &Path, args: &ReleaseArgs) 
         archive: None,
         json: false,
         binaries: Vec::new(),
+        launchers: Vec::new(),
         files: Vec::new(),
         trees: Vec::new(),
         programs: Vec::new(),
@@ -343,7 +344,7 @@ fn write_sbom(
         .iter()
         .find(|i| i.name == spec.name)
         .with_context(|| format!("image {} is not in the catalog", spec.name))?;
-    let crates = match entry.workspace_binary() {
+    let mut crates = match entry.workspace_binary() {
         Some((package, features)) => {
             let features: Vec<String> = features.iter().map(|f| (*f).to_owned()).collect();
             sbom::crates(root, package, &features)
@@ -351,6 +352,15 @@ fn write_sbom(
         }
         None => Vec::new(),
     };
+    // The launcher (cuda-launch) is a second binary of the image: its crates too, once each.
+    if let Some(launcher) = entry.launcher() {
+        crates.extend(
+            sbom::crates(root, launcher, &[])
+                .with_context(|| format!("listing the crates of {launcher} in {}", spec.name))?,
+        );
+        crates.sort();
+        crates.dedup();
+    }
     let packages: Vec<sbom::Package> = result
         .debian_packages
         .iter()
@@ -365,7 +375,15 @@ fn write_sbom(
         match (&spec.binary, packages.is_empty() || spec.cuda.is_some()) {
             (Some(binary), true) => {
                 let extra: Vec<PathBuf> = spec.cuda.iter().map(|c| c.dir.clone()).collect();
-                elf::closure(binary, &extra)?
+                let mut closure = elf::closure(binary, &extra)?;
+                if let Some(launcher) = &spec.launcher {
+                    for library in elf::closure(launcher, &extra)? {
+                        if !closure.iter().any(|l| l.image_path == library.image_path) {
+                            closure.push(library);
+                        }
+                    }
+                }
+                closure
                     .into_iter()
                     .map(|library| sbom::Library {
                         debian: sbom::debian_package(&library.host_path),
