@@ -377,8 +377,11 @@ fn uploads_stream_through_nginx_instead_of_filling_its_tmp() {
     const TOTAL: usize = 4 * 1024 * 1024;
     const FIRST: usize = 256 * 1024;
     let dir = tempfile::tempdir().expect("temp dir");
-    let ports = Ports::free();
-    let listener = std::net::TcpListener::bind(("127.0.0.1", ports.gateway)).expect("bind");
+    // The recording upstream's port is the one it is bound to: a port picked free and bound
+    // later can be taken in between by a test running beside this one.
+    let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).expect("bind");
+    let mut ports = Ports::free();
+    ports.gateway = listener.local_addr().expect("local address").port();
     let (upstream_saw, body_bytes_seen) = mpsc::channel::<(String, usize)>();
     std::thread::spawn(move || {
         let Ok((stream, _)) = listener.accept() else {
