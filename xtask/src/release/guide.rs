@@ -24,12 +24,13 @@ pub struct Shipped {
 }
 
 /// `images`: every built image as it is shipped; `registry`: where they were pushed, if they
-/// were.
+/// were; `variables`: what each server's compose file requires from its `.env` (the rendering's).
 pub fn render_guide(
     topology: &Topology,
     topology_source: &str,
     images: &[Shipped],
     registry: Option<&str>,
+    variables: &BTreeMap<String, BTreeSet<String>>,
 ) -> String {
     let edge = topology.services[topology.site.service.get_ref()]
         .server
@@ -109,7 +110,12 @@ value on both servers where both need it (the key A presents to B), and the sett
             .unwrap_or_else(|| "no port".to_owned()),
         init_env = init_env::FILE,
     );
-    let used: BTreeSet<&String> = topology.settings.keys().collect();
+    // The settings some server's files use; a declared one nothing renders is not asked for.
+    let used: BTreeSet<&String> = variables
+        .values()
+        .flatten()
+        .filter(|name| topology.settings.contains_key(*name))
+        .collect();
     for name in used {
         let setting = &topology.settings[name];
         let _ = writeln!(
@@ -158,7 +164,7 @@ described in the server's `.env.example`.
         let _ = write!(
             text,
             "
-## 3. Server {server}
+## 3. Server {upper}
 
 The model: the files of the model the topology serves, in the folder `MODEL_HOST_DIR` names
 (readable by the containers' user, e.g. `chmod -R a+rX`):
@@ -177,6 +183,7 @@ docker compose ps    # healthy once the model is loaded
 ```
 ",
             loads = load_lines(shipped),
+            upper = server.to_uppercase(),
         );
     }
 
@@ -185,7 +192,7 @@ docker compose ps    # healthy once the model is loaded
     let _ = write!(
         text,
         "
-## 4. Server {edge}
+## 4. Server {edge_upper}
 
 The certificate. nginx runs as a non-root user and cannot read Let's Encrypt's `live/` folder
 (symlinks into `../../archive`, a key only root reads), so `{hook}` copies a certificate
@@ -250,6 +257,7 @@ recreates the services whose image or settings changed, B before A. `docker imag
 removes the images no container uses.
 ",
         hook = certbot::FILE,
+        edge_upper = edge.to_uppercase(),
         loads = load_lines(shipped),
         volumes = named_volumes(topology, &edge),
     );
@@ -375,6 +383,19 @@ mod tests {
         crate::topology::load(&path).expect("the CPU topology loads")
     }
 
+    fn variables() -> BTreeMap<String, BTreeSet<String>> {
+        BTreeMap::from([
+            (
+                "a".to_owned(),
+                BTreeSet::from(["SERVER_B_ADDRESS".to_owned(), "JWT_SECRET".to_owned()]),
+            ),
+            (
+                "b".to_owned(),
+                BTreeSet::from(["MODEL_HOST_DIR".to_owned()]),
+            ),
+        ])
+    }
+
     fn shipped(topology: &Topology) -> Vec<Shipped> {
         let mut names: Vec<String> = topology
             .images
@@ -403,9 +424,10 @@ mod tests {
             "deploy/topology-cpu.toml",
             &shipped(&topology),
             None,
+            &variables(),
         );
-        let b = guide.find("## 3. Server b").expect("server B first");
-        let a = guide.find("## 4. Server a").expect("then server A");
+        let b = guide.find("## 3. Server B").expect("server B first");
+        let a = guide.find("## 4. Server A").expect("then server A");
         assert!(b < a);
         let b_section = &guide[b..a];
         assert!(
@@ -433,6 +455,10 @@ mod tests {
             "backups name the volumes"
         );
         assert!(guide.contains("| `SERVER_B_ADDRESS` |"));
+        assert!(
+            !guide.contains("SERVER_A_ADDRESS"),
+            "a setting no file uses is not asked for"
+        );
         assert!(guide.contains(&format!("`cairn/api:sha256-{}`", "0".repeat(64))));
     }
 
@@ -451,7 +477,13 @@ mod tests {
                 ..s
             })
             .collect();
-        let guide = render_guide(&topology, "t.toml", &images, Some("registry.example/cairn"));
+        let guide = render_guide(
+            &topology,
+            "t.toml",
+            &images,
+            Some("registry.example/cairn"),
+            &variables(),
+        );
         assert!(guide.contains(&format!(
             "docker pull registry.example/cairn/api@sha256:{}",
             "1".repeat(64)

@@ -139,7 +139,13 @@ pub fn run(args: &ReleaseArgs) -> Result<()> {
                 .then(|| format!("images/{}.tar", image.name)),
         })
         .collect();
-    let readme = guide::render_guide(&topology, &source, &shipped, args.registry.as_deref());
+    let readme = guide::render_guide(
+        &topology,
+        &source,
+        &shipped,
+        args.registry.as_deref(),
+        &rendering.variables,
+    );
     write_atomically(&bundle.join("README.md"), readme.as_bytes())?;
     write_atomically(&bundle.join(TOPOLOGY_FILE), &topology_bytes)?;
 

@@ -55,6 +55,8 @@ pub struct RenderArgs {
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Rendering {
     pub files: BTreeMap<PathBuf, String>,
+    /// Server key (`a`) to the variables its compose file requires from its `.env`.
+    pub variables: BTreeMap<String, std::collections::BTreeSet<String>>,
 }
 
 /// The hand-written inputs rendering copies or refers to: nginx snippets by file name, and the
@@ -155,6 +157,7 @@ pub fn render(
         PathBuf::from(init_env::FILE),
         init_env::render_init_env(topology, source, &variables),
     );
+    rendering.variables = variables;
     Ok(rendering)
 }
 
