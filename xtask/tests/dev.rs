@@ -52,29 +52,16 @@ struct Event {
 }
 
 /// Reads an SSE body as it arrives, noting in which read each event completed.
-fn read_events(mut body: impl Read) -> Vec<Event> {
-    let mut events = Vec::new();
-    let mut pending = String::new();
-    let mut buffer = [0u8; 16 * 1024];
-    for read in 0.. {
-        let n = body.read(&mut buffer).expect("reading the stream");
-        if n == 0 {
-            break;
-        }
-        pending.push_str(&String::from_utf8_lossy(&buffer[..n]));
-        while let Some(end) = pending.find("\n\n") {
-            let block: String = pending.drain(..end + 2).collect();
-            let block = testkit::sse::parse_block(&block);
-            if !block.data.is_empty() {
-                events.push(Event {
-                    name: block.event,
-                    data: serde_json::from_str(&block.data).expect("event data is JSON"),
-                    read,
-                });
-            }
-        }
-    }
-    events
+fn read_events(body: impl Read) -> Vec<Event> {
+    testkit::sse::read_blocks(body)
+        .expect("reading the stream")
+        .into_iter()
+        .map(|arrived| Event {
+            name: arrived.block.event,
+            data: serde_json::from_str(&arrived.block.data).expect("event data is JSON"),
+            read: arrived.read,
+        })
+        .collect()
 }
 
 /// `POST /api/chat` in `session_id`; the events as they arrived.
