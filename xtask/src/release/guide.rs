@@ -397,16 +397,8 @@ mod tests {
     }
 
     fn shipped(topology: &Topology) -> Vec<Shipped> {
-        let mut names: Vec<String> = topology
-            .images
-            .values()
-            .filter_map(|image| match image {
-                Image::Build(name) => Some(name.get_ref().clone()),
-                Image::Reference(_) => None,
-            })
-            .collect();
-        names.sort();
-        names
+        super::super::built_images(topology, std::path::Path::new("topology.toml"))
+            .expect("cairn's images")
             .into_iter()
             .map(|name| Shipped {
                 reference: format!("cairn/{name}:sha256-{}", "0".repeat(64)),

@@ -183,6 +183,16 @@ fn image_pins_come_from_the_built_map() {
     assert!(ImagePins::from_map(&topology, &built).is_err());
 }
 
+/// The images the default topology builds.
+const BUILT_BY_DEFAULT: [&str; 6] = [
+    "api",
+    "garage",
+    "gateway",
+    "inference-cuda",
+    "nginx",
+    "postgres",
+];
+
 /// The content tag of a loaded archive for `name`, with `digit` as every hex digit.
 fn content_tag(name: &str, digit: char) -> String {
     format!("cairn/{name}:manifest-{}", digit.to_string().repeat(64))
@@ -191,14 +201,7 @@ fn content_tag(name: &str, digit: char) -> String {
 #[test]
 fn loaded_archives_are_pinned_by_content_tag() {
     let topology = default_topology();
-    let built = [
-        "api",
-        "garage",
-        "gateway",
-        "inference-cuda",
-        "nginx",
-        "postgres",
-    ];
+    let built = BUILT_BY_DEFAULT;
     let tags: BTreeMap<String, String> = built
         .iter()
         .zip('a'..)
@@ -235,14 +238,7 @@ fn loaded_archives_are_pinned_by_content_tag() {
 #[test]
 fn loaded_archive_pins_refuse_ids_moving_tags_and_other_names() {
     let topology = default_topology();
-    let built = [
-        "api",
-        "garage",
-        "gateway",
-        "inference-cuda",
-        "nginx",
-        "postgres",
-    ];
+    let built = BUILT_BY_DEFAULT;
     let complete: BTreeMap<String, String> = built
         .iter()
         .map(|name| (name.to_string(), content_tag(name, '0')))
