@@ -9,8 +9,8 @@
 //! `cargo test --workspace`, or here when missing), passed with `--bin-dir`.
 
 mod dev_support;
+mod site_support;
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -20,76 +20,10 @@ use dev_support::{
     service_binaries, text, xtask,
 };
 use serde_json::{Value, json};
+use site_support::{Event, chat, post, session_id};
 
 /// Deltas in a reply long enough that its streaming spans several reads (see the chat test).
 const LONG_REPLY: usize = 32;
-
-fn post(
-    client: &reqwest::blocking::Client,
-    url: &str,
-    token: Option<&str>,
-    body: &Value,
-) -> (u16, Value) {
-    let mut request = client.post(url).json(body);
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
-    }
-    let response = request.send().unwrap_or_else(|e| panic!("POST {url}: {e}"));
-    let status = response.status().as_u16();
-    let text = response.text().expect("body");
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
-}
-
-/// One server-sent event and the read (counted from 0) in which it was complete.
-#[derive(Debug)]
-struct Event {
-    name: String,
-    data: Value,
-    read: usize,
-}
-
-/// Reads an SSE body as it arrives, noting in which read each event completed.
-fn read_events(body: impl Read) -> Vec<Event> {
-    testkit::sse::read_blocks(body)
-        .expect("reading the stream")
-        .into_iter()
-        .map(|arrived| Event {
-            name: arrived.block.event,
-            data: serde_json::from_str(&arrived.block.data).expect("event data is JSON"),
-            read: arrived.read,
-        })
-        .collect()
-}
-
-/// `POST /api/chat` in `session_id`; the events as they arrived.
-fn chat(
-    client: &reqwest::blocking::Client,
-    site: &str,
-    token: &str,
-    session_id: &str,
-) -> Vec<Event> {
-    let response = client
-        .post(format!("{site}/api/chat"))
-        .bearer_auth(token)
-        .json(&json!({ "message": "hello from the dev stack", "session_id": session_id }))
-        .send()
-        .expect("POST /api/chat");
-    assert_eq!(response.status().as_u16(), 200);
-    let content_type = response
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    assert!(
-        content_type.starts_with("text/event-stream"),
-        "{content_type}"
-    );
-    read_events(response)
-}
 
 fn psql(port: u16, query: &str) -> String {
     let program = testkit::postgres::program("psql").expect("psql");
@@ -198,11 +132,7 @@ fn the_stack_serves_a_streamed_chat_through_nginx_and_stops_cleanly() {
         &json!({ "title": "dev stack" }),
     );
     assert_eq!(code, 201, "create session: {session}");
-    let session_id = session["id"]
-        .as_str()
-        .or_else(|| session["session"]["id"].as_str())
-        .unwrap_or_else(|| panic!("no session id in {session}"))
-        .to_owned();
+    let session_id = session_id(&session);
 
     // A random model sometimes ends after a few tokens, produced in a few milliseconds and
     // then read in one piece as from any server: ask again in the same session (at most 8
@@ -210,7 +140,13 @@ fn the_stack_serves_a_streamed_chat_through_nginx_and_stops_cleanly() {
     let mut asked = 0;
     let events = loop {
         asked += 1;
-        let events = chat(&client, &site, &token, &session_id);
+        let events = chat(
+            &client,
+            &site,
+            &token,
+            &session_id,
+            "hello from the dev stack",
+        );
         let deltas = events.iter().filter(|e| e.name == "delta").count();
         if deltas >= LONG_REPLY || asked == 8 {
             break events;

@@ -23,12 +23,14 @@
 //! keep the user, the chat and the file; every container is non-root, read-only and without
 //! capabilities.
 
-use std::io::Read;
+mod site_support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use site_support::{Event, chat, post, session_id};
 
 /// The host's address on the test's private network stands for server B's private address.
 const PRIVATE_SUBNET: &str = "172.31.251.0/24";
@@ -242,26 +244,6 @@ fn letsencrypt_lineage(dir: &Path) -> (PathBuf, String) {
     (live, certificate.pem())
 }
 
-/// One server-sent event and the read (from 0) in which it was complete.
-#[derive(Debug)]
-struct Event {
-    name: String,
-    data: Value,
-    read: usize,
-}
-
-fn read_events(body: impl Read) -> Vec<Event> {
-    testkit::sse::read_blocks(body)
-        .expect("reading the stream")
-        .into_iter()
-        .map(|arrived| Event {
-            name: arrived.block.event,
-            data: serde_json::from_str(&arrived.block.data).expect("event data is JSON"),
-            read: arrived.read,
-        })
-        .collect()
-}
-
 /// The site as a browser reaches it: `https://DOMAIN` on the published port, trusting the
 /// self-signed certificate.
 struct Site {
@@ -286,19 +268,7 @@ impl Site {
     }
 
     fn post(&self, path: &str, token: Option<&str>, body: &Value) -> (u16, Value) {
-        let mut request = self.client.post(format!("{}{path}", self.base)).json(body);
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        let response = request
-            .send()
-            .unwrap_or_else(|e| panic!("POST {path}: {e}"));
-        let status = response.status().as_u16();
-        let text = response.text().expect("body");
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
+        post(&self.client, &format!("{}{path}", self.base), token, body)
     }
 
     fn get(&self, path: &str, token: &str) -> reqwest::blocking::Response {
@@ -442,26 +412,20 @@ fn both_servers_come_up_from_the_release_bundle_and_serve_the_site_over_tls() {
         &json!({ "title": "servers" }),
     );
     assert_eq!(code, 201, "session: {session}");
-    let session_id = session["id"]
-        .as_str()
-        .or_else(|| session["session"]["id"].as_str())
-        .unwrap_or_else(|| panic!("no session id in {session}"))
-        .to_owned();
+    let session_id = session_id(&session);
 
     // A reply streamed from server B, event by event (a random model sometimes stops early:
     // ask again, at most 8 times, for a reply long enough to show streaming).
     let mut asked = 0;
     let events = loop {
         asked += 1;
-        let response = site
-            .client
-            .post(format!("{}/api/chat", site.base))
-            .bearer_auth(&token)
-            .json(&json!({ "message": "hello from server A", "session_id": session_id }))
-            .send()
-            .expect("POST /api/chat");
-        assert_eq!(response.status().as_u16(), 200);
-        let events = read_events(response);
+        let events = chat(
+            &site.client,
+            &site.base,
+            &token,
+            &session_id,
+            "hello from server A",
+        );
         let deltas = events.iter().filter(|e| e.name == "delta").count();
         if deltas >= 16 || asked == 8 {
             break events;
