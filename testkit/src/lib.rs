@@ -159,6 +159,23 @@ pub fn require_any_tool(programs: &[&str], install: &str) -> Option<PathBuf> {
     }
 }
 
+/// A binary of the workspace at `target/<profile>/NAME`, beside the directory holding the
+/// running test binary (built there by `cargo test --workspace`, i.e. `cargo xtask test`). Like
+/// [`require_tool`]: missing, it panics under CI and is skipped with a reason elsewhere.
+#[must_use]
+pub fn require_workspace_binary(name: &str) -> Option<PathBuf> {
+    let test_binary = std::env::current_exe().expect("test binary path");
+    let profile_dir = test_binary.parent()?.parent()?;
+    let binary = profile_dir.join(name);
+    if binary.is_file() {
+        return Some(binary);
+    }
+    let why = format!("{} is not built (cargo build -p {name})", binary.display());
+    assert!(!in_ci(), "{why}");
+    eprintln!("SKIPPED: {why}");
+    None
+}
+
 /// The Docker CLI, when its engine answers. Like [`require_tool`]: under CI a missing CLI or an
 /// engine that does not answer `docker info` panics; elsewhere the test is skipped with a reason.
 pub fn require_docker() -> Option<PathBuf> {

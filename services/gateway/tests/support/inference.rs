@@ -3,7 +3,6 @@
 //! upstream. The binary is the workspace's own, built beside this test binary by
 //! `cargo test --workspace` (`cargo xtask test`); the api's tests find it the same way.
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -29,7 +28,7 @@ impl Inference {
     /// added (e.g. `INFERENCE_API_KEY`); waits until `/health` answers 200 (the model is loaded).
     /// `None` (the test is skipped) outside CI when the binary has not been built.
     pub async fn start(name: &str, env: &[(&str, &str)]) -> Option<Inference> {
-        let program = inference_binary()?;
+        let program = testkit::require_workspace_binary("inference")?;
         let model = super::scratch(name).join("model");
         let status = Command::new(&program)
             .arg("tiny-model")
@@ -69,21 +68,4 @@ impl Inference {
             _server: server,
         })
     }
-}
-
-/// `target/<profile>/inference`, next to the directory holding this test binary.
-fn inference_binary() -> Option<PathBuf> {
-    let test_binary = std::env::current_exe().expect("test binary path");
-    let profile_dir = test_binary.parent()?.parent()?;
-    let binary = profile_dir.join("inference");
-    if binary.is_file() {
-        return Some(binary);
-    }
-    let why = format!(
-        "{} is not built (cargo build -p inference)",
-        binary.display()
-    );
-    assert!(!testkit::in_ci(), "{why}");
-    eprintln!("SKIPPED: {why}");
-    None
 }

@@ -2,7 +2,6 @@
 //! OpenAI-compatible streaming endpoint rather than a scripted one. The binary is the workspace's
 //! own, built beside this test binary by `cargo test --workspace` (`cargo xtask test`).
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -15,28 +14,11 @@ pub struct Inference {
     _model: tempfile::TempDir,
 }
 
-/// `target/<profile>/inference`, next to the directory holding this test binary.
-fn inference_binary() -> Option<PathBuf> {
-    let test_binary = std::env::current_exe().expect("test binary path");
-    let profile_dir = test_binary.parent()?.parent()?;
-    let binary = profile_dir.join("inference");
-    if binary.is_file() {
-        return Some(binary);
-    }
-    let why = format!(
-        "{} is not built (cargo build -p inference)",
-        binary.display()
-    );
-    assert!(!testkit::in_ci(), "{why}");
-    eprintln!("SKIPPED: {why}");
-    None
-}
-
 impl Inference {
     /// Writes a tiny model and serves it as `test-model` (the api tests' LLM_MODEL); `None` (test
     /// skipped) outside CI when the binary has not been built.
     pub fn start() -> Option<Inference> {
-        let program = inference_binary()?;
+        let program = testkit::require_workspace_binary("inference")?;
         let model = tempfile::Builder::new()
             .prefix("cairn-model")
             .tempdir()
