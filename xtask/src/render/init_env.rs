@@ -26,17 +26,10 @@ pub fn render_init_env(
     source: &str,
     variables: &BTreeMap<String, BTreeSet<String>>,
 ) -> String {
-    let mut needed_by: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-    for (server, names) in variables {
-        for name in names {
-            needed_by
-                .entry(name.as_str())
-                .or_default()
-                .push(format!("server-{server}"));
-        }
-    }
-    let settings: Vec<&str> = needed_by
-        .keys()
+    // Every variable some server needs: each gets one value, shared by those servers.
+    let needed: BTreeSet<&str> = variables.values().flatten().map(String::as_str).collect();
+    let settings: Vec<&str> = needed
+        .iter()
         .copied()
         .filter(|name| topology.settings.contains_key(*name))
         .collect();
@@ -185,7 +178,7 @@ missing=''
     );
 
     text.push_str("\n# One value per variable, shared by every server that needs it.\n");
-    for name in needed_by.keys() {
+    for name in &needed {
         let variable = format!("v_{name}");
         if let Some(secret) = topology.secrets.get(*name) {
             text.push_str(&format!("{variable}=$(existing {name})\n"));
