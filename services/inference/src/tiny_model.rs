@@ -90,9 +90,27 @@ fn vocabulary() -> BTreeMap<String, u32> {
 }
 
 /// The tokenizer.json of the tiny tokenizer: byte-level BPE plus ChatML's special tokens.
+#[cfg(test)]
 pub fn tokenizer_json() -> Value {
-    let vocab = vocabulary();
+    tokenizer_json_covering(tokenizer_vocab_size())
+}
+
+/// The tiny tokenizer with filler tokens (` x<id>`, never produced by encoding) after the
+/// special ones, up to `vocab_size` ids: a model with a larger vocabulary than the tiny
+/// tokenizer's then streams text for every id it samples, so a benchmark can time the text.
+pub fn tokenizer_json_covering(vocab_size: usize) -> Value {
+    let mut vocab = vocabulary();
     let first_special = vocab.len() as u32;
+    if vocab_size > tokenizer_vocab_size() {
+        // The model's ids must run without a gap, or the tokenizers crate renumbers the added
+        // special tokens after the last one: the special tokens take their ids in it too.
+        for (content, id) in SPECIAL_TOKENS.iter().zip(first_special..) {
+            vocab.insert((*content).to_owned(), id);
+        }
+        for id in tokenizer_vocab_size()..vocab_size {
+            vocab.insert(format!("Ġx{id}"), id as u32);
+        }
+    }
     let added_tokens: Vec<Value> = SPECIAL_TOKENS
         .iter()
         .zip(first_special..)
@@ -189,7 +207,11 @@ pub fn write(dir: &Path, shape: Shape) -> Result<(), TinyModelError> {
     let config = config_json(shape);
     let max_len = config["max_position_embeddings"].as_u64().unwrap_or(4096);
     write_json(&dir.join("config.json"), &config)?;
-    write_json(&dir.join("tokenizer.json"), &tokenizer_json())?;
+    let vocab_size = config["vocab_size"].as_u64().unwrap_or(0) as usize;
+    write_json(
+        &dir.join("tokenizer.json"),
+        &tokenizer_json_covering(vocab_size),
+    )?;
     write_json(
         &dir.join("tokenizer_config.json"),
         &tokenizer_config_json(max_len),
@@ -281,5 +303,39 @@ mod tests {
         assert!(ids.contains(&(vocabulary()["Ġw"])), "{ids:?}");
         assert_eq!(tokenizer.decode(ids, false).expect("decodes"), text);
         assert_eq!(tokenizer.get_vocab_size(true), tokenizer_vocab_size());
+    }
+
+    /// The benchmark's model samples ids up to 151935; each must stream text, or the time to
+    /// first text waits for the first id the tiny tokenizer happens to know.
+    #[test]
+    fn a_covering_tokenizer_decodes_every_id_of_the_larger_vocabulary() {
+        let vocab_size = 1000;
+        let json = tokenizer_json_covering(vocab_size).to_string();
+        let tokenizer = tokenizers::Tokenizer::from_bytes(json.as_bytes()).expect("loads");
+        assert_eq!(tokenizer.get_vocab_size(true), vocab_size);
+        for token in SPECIAL_TOKENS {
+            assert_eq!(
+                tokenizer.token_to_id(token),
+                Some(special_id(token) as u32),
+                "config.json's ids for {token} still hold"
+            );
+        }
+        for id in [tokenizer_vocab_size() as u32, 500, vocab_size as u32 - 1] {
+            let text = tokenizer.decode(&[id], false).expect("decodes");
+            assert_eq!(text, format!(" x{id}"));
+        }
+        let text = "<|im_start|>user\nthe weather x500<|im_end|>";
+        let ids = tokenizer.encode(text, false).expect("encodes");
+        assert!(
+            ids.get_ids()
+                .iter()
+                .all(|&id| (id as usize) < tokenizer_vocab_size()),
+            "fillers are never produced by encoding: {:?}",
+            ids.get_ids()
+        );
+        assert_eq!(
+            tokenizer.decode(ids.get_ids(), false).expect("decodes"),
+            text
+        );
     }
 }
