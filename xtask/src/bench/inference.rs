@@ -46,6 +46,10 @@ pub struct InferenceBenchArgs {
     /// before continuous batching (`WORKERS=1`, one request at a time).
     #[arg(long)]
     baseline_binary: Option<PathBuf>,
+    /// The baseline's environment, `NAME=VALUE`, repeatable (default `WORKERS=1`, the setting
+    /// of the engine before continuous batching; give `MAX_NUM_SEQS=8` for a batching build).
+    #[arg(long, value_parser = parse_setting)]
+    baseline_env: Vec<(String, String)>,
     /// Measure only the servers.
     #[arg(long)]
     skip_reference: bool,
@@ -55,7 +59,12 @@ pub struct InferenceBenchArgs {
 #[derive(Debug, Clone)]
 struct LevelResult {
     concurrency: usize,
+    /// Completion tokens of all streams over the wall time, prompts' prefill included.
     tokens_per_s: f64,
+    /// Tokens after each stream's first over the time some stream was between its first and
+    /// its last token: the weights-bound rate batching is for, the wait before the first token
+    /// left out (streams served one after another add their decoding times up).
+    decode_tokens_per_s: f64,
     ttft_p50: f64,
     ttft_p99: f64,
     itl_p50: f64,
@@ -67,6 +76,8 @@ struct StreamTiming {
     ttft: f64,
     gaps: Vec<f64>,
     tokens: usize,
+    /// When the first and the last text arrived.
+    decoding: Option<(Instant, Instant)>,
 }
 
 pub fn run(args: &InferenceBenchArgs) -> Result<()> {
@@ -84,8 +95,15 @@ pub fn run(args: &InferenceBenchArgs) -> Result<()> {
     )?;
     tables.push(("cairn (continuous batching)".to_owned(), ours));
     if let Some(baseline) = &args.baseline_binary {
-        let (before, loaded_before, _) =
-            measure_server(baseline, &model_dir, &[("WORKERS", "1")], args)?;
+        let mut env: Vec<(&str, &str)> = args
+            .baseline_env
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_str()))
+            .collect();
+        if env.is_empty() {
+            env.push(("WORKERS", "1"));
+        }
+        let (before, loaded_before, _) = measure_server(baseline, &model_dir, &env, args)?;
         tables.push(("cairn before (baseline binary)".to_owned(), before));
         print_loaded("baseline", &loaded_before);
     }
@@ -99,16 +117,24 @@ pub fn run(args: &InferenceBenchArgs) -> Result<()> {
         args.decode_tokens, args.shape
     );
     println!(
-        "{:<34} {:>5} {:>9} {:>9} {:>9} {:>9} {:>9}",
-        "implementation", "conc", "tok/s", "TTFT p50", "TTFT p99", "ITL p50", "ITL p99"
+        "{:<34} {:>5} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9}",
+        "implementation",
+        "conc",
+        "tok/s",
+        "decode t/s",
+        "TTFT p50",
+        "TTFT p99",
+        "ITL p50",
+        "ITL p99"
     );
     for (name, levels) in &tables {
         for level in levels {
             println!(
-                "{:<34} {:>5} {:>9.2} {:>8.3}s {:>8.3}s {:>8.3}s {:>8.3}s",
+                "{:<34} {:>5} {:>9.2} {:>10.2} {:>8.3}s {:>8.3}s {:>8.3}s {:>8.3}s",
                 name,
                 level.concurrency,
                 level.tokens_per_s,
+                level.decode_tokens_per_s,
                 level.ttft_p50,
                 level.ttft_p99,
                 level.itl_p50,
@@ -120,13 +146,21 @@ pub fn run(args: &InferenceBenchArgs) -> Result<()> {
     let widest = tables[0].1.iter().max_by_key(|l| l.concurrency);
     if let (Some(single), Some(widest)) = (single, widest) {
         println!(
-            "cairn: {} streams give {:.2}x the single-stream tokens/s",
+            "cairn: {} streams give {:.2}x the single-stream tokens/s ({:.2}x while decoding)",
             widest.concurrency,
-            widest.tokens_per_s / single.tokens_per_s
+            widest.tokens_per_s / single.tokens_per_s,
+            widest.decode_tokens_per_s / single.decode_tokens_per_s
         );
     }
     print_loaded("cairn", &loaded);
     Ok(())
+}
+
+fn parse_setting(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_owned(), value.to_owned())),
+        _ => Err(format!("expected NAME=VALUE, got {text:?}")),
+    }
 }
 
 fn print_loaded(name: &str, loaded: &Option<(usize, f64, f64)>) {
@@ -150,7 +184,9 @@ fn build_server(root: &Path, release: bool) -> Result<PathBuf> {
     cmd!(sh, "cargo build -p inference {profile_flag...}")
         .run()
         .context("building the inference server")?;
-    Ok(root.join("target").join(dir).join("inference"))
+    Ok(crate::build::cargo::target_dir(root)
+        .join(dir)
+        .join("inference"))
 }
 
 fn ensure_model(binary: &Path, model_dir: &Path, shape: &str) -> Result<()> {
@@ -239,14 +275,24 @@ fn measure_server(
         let mut timings = Vec::new();
         let mut tokens = 0;
         let mut wall = 0.0;
+        let (mut decoded, mut decoding) = (0, 0.0);
         for _ in 0..args.runs {
             let started = Instant::now();
             let round = concurrent_streams(&client, &base, &body, concurrency)?;
             wall += started.elapsed().as_secs_f64();
             tokens += round.iter().map(|t| t.tokens).sum::<usize>();
+            let (round_decoded, round_decoding) = decoding_time(&round);
+            decoded += round_decoded;
+            decoding += round_decoding;
             timings.extend(round);
         }
-        levels.push(summarise(concurrency, tokens as f64 / wall, &timings));
+        let decode_rate = decoded as f64 / decoding;
+        levels.push(summarise(
+            concurrency,
+            tokens as f64 / wall,
+            decode_rate,
+            &timings,
+        ));
     }
     let widest = args.concurrency.iter().copied().max().unwrap_or(1);
     let loaded = if widest > 1 {
@@ -322,6 +368,7 @@ fn stream_once(
             ttft: first.unwrap_or(f64::NAN),
             gaps,
             tokens: usage.0,
+            decoding: first.map(|ttft| (started + Duration::from_secs_f64(ttft), last)),
         },
         usage.1,
     ))
@@ -394,17 +441,51 @@ fn ttft_under_load(
     })
 }
 
-fn summarise(concurrency: usize, tokens_per_s: f64, timings: &[StreamTiming]) -> LevelResult {
+fn summarise(
+    concurrency: usize,
+    tokens_per_s: f64,
+    decode_tokens_per_s: f64,
+    timings: &[StreamTiming],
+) -> LevelResult {
     let mut ttfts: Vec<f64> = timings.iter().map(|t| t.ttft).collect();
     let mut gaps: Vec<f64> = timings.iter().flat_map(|t| t.gaps.clone()).collect();
     LevelResult {
         concurrency,
         tokens_per_s,
+        decode_tokens_per_s,
         ttft_p50: percentile(&mut ttfts, 0.5),
         ttft_p99: percentile(&mut ttfts, 0.99),
         itl_p50: percentile(&mut gaps, 0.5),
         itl_p99: percentile(&mut gaps, 0.99),
     }
+}
+
+/// The tokens after each stream's first, and the seconds during which at least one stream of
+/// the round was between its first and its last text (the union of those intervals).
+fn decoding_time(round: &[StreamTiming]) -> (usize, f64) {
+    let mut intervals: Vec<(Instant, Instant)> = round.iter().filter_map(|t| t.decoding).collect();
+    intervals.sort_by_key(|&(start, _)| start);
+    let mut seconds = 0.0;
+    let mut current: Option<(Instant, Instant)> = None;
+    for (start, end) in intervals {
+        current = match current {
+            Some((open, close)) if start <= close => Some((open, close.max(end))),
+            Some((open, close)) => {
+                seconds += close.duration_since(open).as_secs_f64();
+                Some((start, end))
+            }
+            None => Some((start, end)),
+        };
+    }
+    if let Some((open, close)) = current {
+        seconds += close.duration_since(open).as_secs_f64();
+    }
+    let tokens = round
+        .iter()
+        .filter(|t| t.decoding.is_some())
+        .map(|t| t.tokens.saturating_sub(1))
+        .sum();
+    (tokens, seconds)
 }
 
 fn percentile(values: &mut [f64], quantile: f64) -> f64 {
@@ -487,10 +568,49 @@ fn measure_reference(
         .map(|level| LevelResult {
             concurrency: level["batch"].as_u64().unwrap_or(0) as usize,
             tokens_per_s: number(level, "tokens_per_s"),
+            decode_tokens_per_s: level["batch"].as_f64().unwrap_or(f64::NAN)
+                / number(level, "itl_s"),
             ttft_p50: number(level, "ttft_s"),
             ttft_p99: number(level, "ttft_s"),
             itl_p50: number(level, "itl_s"),
             itl_p99: number(level, "itl_s"),
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Overlapping streams count their common time once; streams one after another add up.
+    #[test]
+    fn decoding_time_is_the_union_of_the_streams_decoding() {
+        let epoch = Instant::now();
+        let at = |seconds: f64| epoch + Duration::from_secs_f64(seconds);
+        let stream = |from: f64, to: f64, tokens: usize| StreamTiming {
+            ttft: from,
+            gaps: Vec::new(),
+            tokens,
+            decoding: Some((at(from), at(to))),
+        };
+        let batched = [
+            stream(1.0, 3.0, 11),
+            stream(2.0, 4.0, 11),
+            stream(2.5, 3.5, 5),
+        ];
+        let (tokens, seconds) = decoding_time(&batched);
+        assert_eq!(tokens, 24);
+        assert!((seconds - 3.0).abs() < 1e-6, "{seconds}");
+        let serial = [stream(1.0, 2.0, 11), stream(3.0, 4.0, 11)];
+        let (tokens, seconds) = decoding_time(&serial);
+        assert_eq!(tokens, 20);
+        assert!((seconds - 2.0).abs() < 1e-6, "{seconds}");
+        let silent = StreamTiming {
+            ttft: f64::NAN,
+            gaps: Vec::new(),
+            tokens: 0,
+            decoding: None,
+        };
+        assert_eq!(decoding_time(&[silent]), (0, 0.0));
+    }
 }
