@@ -2,10 +2,12 @@
 //! Hugging Face Qwen2 model directory with candle and answers `/v1/chat/completions`;
 //! `healthcheck` probes a running server; `tiny-model DIR` writes a random model for tests.
 
+mod attention;
 mod chat_template;
 mod checkpoint;
 mod completion;
 mod config;
+mod dense;
 mod detokenize;
 mod engine;
 mod error;

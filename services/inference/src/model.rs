@@ -10,10 +10,12 @@
 //! which sequences run or sample tokens; the engine does.
 
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{Embedding, Linear, RmsNorm, VarBuilder};
+use candle_nn::{Embedding, RmsNorm, VarBuilder};
 use candle_transformers::models::qwen2::Config;
 
-use crate::kv_cache::KvCache;
+use crate::attention::{self, Heads, SequenceRows};
+use crate::dense::Dense;
+use crate::kv_cache::{KvCache, LayerCache};
 
 /// The dimensions that size the KV cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,13 +48,13 @@ pub struct StepSequence<'a> {
 }
 
 struct Layer {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
-    o_proj: Linear,
-    gate_proj: Linear,
-    up_proj: Linear,
-    down_proj: Linear,
+    q_proj: Dense,
+    k_proj: Dense,
+    v_proj: Dense,
+    o_proj: Dense,
+    gate_proj: Dense,
+    up_proj: Dense,
+    down_proj: Dense,
     input_layernorm: RmsNorm,
     post_attention_layernorm: RmsNorm,
 }
@@ -61,13 +63,15 @@ pub struct Qwen2 {
     embed_tokens: Embedding,
     layers: Vec<Layer>,
     norm: RmsNorm,
-    lm_head: Linear,
+    lm_head: Dense,
     /// Rotary tables, `[max_positions, head_dim / 2]`.
     cos: Tensor,
     sin: Tensor,
     shape: ModelShape,
     device: Device,
     dtype: DType,
+    /// Attention through [`attention::paged_attention`] (CPU, F32) instead of candle ops.
+    cpu_attention: bool,
 }
 
 /// What a layer needs about one sequence, computed once per step.
@@ -78,9 +82,13 @@ struct SequencePlan {
     /// Runs of new tokens that land in consecutive cache slots: (row within the sequence,
     /// first slot, length).
     writes: Vec<(usize, usize, usize)>,
+    /// Position of the first new token.
+    start: usize,
     /// Every cached slot of the sequence, new ones included, in position order.
-    gather: Tensor,
-    /// The causal mask of a multi-token chunk, `[groups * len, keys]`; none for one token.
+    slots: Vec<u32>,
+    /// For candle's attention: `slots` as a tensor, and the causal mask of a multi-token
+    /// chunk, `[groups * len, keys]` (none for one token).
+    gather: Option<Tensor>,
     mask: Option<Tensor>,
 }
 
@@ -105,9 +113,9 @@ impl Qwen2 {
             .collect::<Result<Vec<_>>>()?;
         let norm = candle_nn::rms_norm(config.hidden_size, config.rms_norm_eps, model.pp("norm"))?;
         let lm_head = if vb.contains_tensor("lm_head.weight") {
-            candle_nn::linear_no_bias(config.hidden_size, config.vocab_size, vb.pp("lm_head"))?
+            Dense::load_no_bias(config.hidden_size, config.vocab_size, vb.pp("lm_head"))?
         } else {
-            Linear::new(embed_tokens.embeddings().clone(), None)
+            Dense::new(embed_tokens.embeddings().clone(), None)
         };
         let (cos, sin) = rotary_tables(config, head_dim, vb.dtype(), vb.device())?;
         Ok(Qwen2 {
@@ -120,6 +128,7 @@ impl Qwen2 {
             shape,
             device: vb.device().clone(),
             dtype: vb.dtype(),
+            cpu_attention: vb.device().is_cpu() && vb.dtype() == DType::F32,
         })
     }
 
@@ -157,7 +166,7 @@ impl Qwen2 {
             .embed_tokens
             .forward(&Tensor::new(ids.as_slice(), &self.device)?)?;
         for (layer, layer_cache) in self.layers.iter().zip(cache.layers()) {
-            let attention = layer.attention(&xs, &cos, &sin, &plans, layer_cache, &self.shape)?;
+            let attention = layer.attention(&xs, (&cos, &sin), &plans, layer_cache, self)?;
             let xs_attended = (xs + attention)?;
             let hidden = layer.post_attention_layernorm.forward(&xs_attended)?;
             let mlp = (layer.gate_proj.forward(&hidden)?.silu()?
@@ -192,7 +201,8 @@ impl Qwen2 {
                     sequence.slots.len()
                 ))
             })?;
-            let mask = if len > 1 {
+            let generic = !self.cpu_attention;
+            let mask = if generic && len > 1 {
                 Some(causal_mask(
                     sequence.start,
                     len,
@@ -203,11 +213,18 @@ impl Qwen2 {
             } else {
                 None
             };
+            let gather = if generic {
+                Some(Tensor::new(slots, &self.device)?)
+            } else {
+                None
+            };
             plans.push(SequencePlan {
                 offset,
                 len,
                 writes: write_runs(&slots[sequence.start..]),
-                gather: Tensor::new(slots, &self.device)?,
+                start: sequence.start,
+                slots: slots.to_vec(),
+                gather,
                 mask,
             });
             offset += len;
@@ -222,25 +239,13 @@ fn load_layer(config: &Config, shape: &ModelShape, vb: VarBuilder) -> Result<Lay
     let mlp = vb.pp("mlp");
     let kv = shape.kv_heads * shape.head_dim;
     Ok(Layer {
-        q_proj: candle_nn::linear(hidden, shape.heads * shape.head_dim, attention.pp("q_proj"))?,
-        k_proj: candle_nn::linear(hidden, kv, attention.pp("k_proj"))?,
-        v_proj: candle_nn::linear(hidden, kv, attention.pp("v_proj"))?,
-        o_proj: candle_nn::linear_no_bias(
-            shape.heads * shape.head_dim,
-            hidden,
-            attention.pp("o_proj"),
-        )?,
-        gate_proj: candle_nn::linear_no_bias(
-            hidden,
-            config.intermediate_size,
-            mlp.pp("gate_proj"),
-        )?,
-        up_proj: candle_nn::linear_no_bias(hidden, config.intermediate_size, mlp.pp("up_proj"))?,
-        down_proj: candle_nn::linear_no_bias(
-            config.intermediate_size,
-            hidden,
-            mlp.pp("down_proj"),
-        )?,
+        q_proj: Dense::load(hidden, shape.heads * shape.head_dim, attention.pp("q_proj"))?,
+        k_proj: Dense::load(hidden, kv, attention.pp("k_proj"))?,
+        v_proj: Dense::load(hidden, kv, attention.pp("v_proj"))?,
+        o_proj: Dense::load_no_bias(shape.heads * shape.head_dim, hidden, attention.pp("o_proj"))?,
+        gate_proj: Dense::load_no_bias(hidden, config.intermediate_size, mlp.pp("gate_proj"))?,
+        up_proj: Dense::load_no_bias(hidden, config.intermediate_size, mlp.pp("up_proj"))?,
+        down_proj: Dense::load_no_bias(config.intermediate_size, hidden, mlp.pp("down_proj"))?,
         input_layernorm: candle_nn::rms_norm(
             hidden,
             config.rms_norm_eps,
@@ -318,15 +323,14 @@ impl Layer {
     fn attention(
         &self,
         xs: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
+        (cos, sin): (&Tensor, &Tensor),
         plans: &[SequencePlan],
-        cache: &crate::kv_cache::LayerCache,
-        shape: &ModelShape,
+        cache: &LayerCache,
+        model: &Qwen2,
     ) -> Result<Tensor> {
+        let shape = &model.shape;
         let (tokens, _) = xs.dims2()?;
         let (heads, kv_heads, head_dim) = (shape.heads, shape.kv_heads, shape.head_dim);
-        let groups = heads / kv_heads;
         let hidden = self.input_layernorm.forward(xs)?;
         let q = self
             .q_proj
@@ -356,34 +360,104 @@ impl Layer {
                     .slice_set(&v.narrow(1, at, len)?.contiguous()?, 1, slot)?;
             }
         }
-        let scale = 1f64 / (head_dim as f64).sqrt();
-        let mut outputs = Vec::with_capacity(plans.len());
-        for plan in plans {
-            let n = plan.len;
-            let keys = cache.keys().index_select(&plan.gather, 1)?;
-            let values = cache.values().index_select(&plan.gather, 1)?;
-            // [n, heads, d] → [heads, n, d] → [kv_heads, groups * n, d]: query heads that
-            // share a key head are consecutive, as in transformers' repeat_kv.
-            let query = q
-                .narrow(0, plan.offset, n)?
-                .transpose(0, 1)?
-                .contiguous()?
-                .reshape((kv_heads, groups * n, head_dim))?;
-            let scores = (query.matmul(&keys.t()?)? * scale)?;
-            let scores = match &plan.mask {
-                Some(mask) => scores.broadcast_add(mask)?,
-                None => scores,
-            };
-            let weights = candle_nn::ops::softmax_last_dim(&scores)?;
-            let output = weights
-                .matmul(&values)?
-                .reshape((heads, n, head_dim))?
-                .transpose(0, 1)?
-                .reshape((n, heads * head_dim))?;
-            outputs.push(output);
-        }
-        Tensor::cat(&outputs, 0)?.apply(&self.o_proj)
+        let output = if model.cpu_attention {
+            paged_cpu(&q, plans, cache, shape)?
+        } else {
+            generic_attention(&q, plans, cache, shape)?
+        };
+        output.apply(&self.o_proj)
     }
+}
+
+/// [`attention::paged_attention`] on the step's queries `[tokens, heads, head_dim]`.
+fn paged_cpu(
+    q: &Tensor,
+    plans: &[SequencePlan],
+    cache: &LayerCache,
+    shape: &ModelShape,
+) -> Result<Tensor> {
+    let (tokens, heads, head_dim) = q.dims3()?;
+    let queries: Vec<f32> = q.flatten_all()?.to_vec1()?;
+    let (key_storage, key_layout) = cache.keys().storage_and_layout();
+    let (value_storage, value_layout) = cache.values().storage_and_layout();
+    let keys = cpu_f32(&key_storage, key_layout)?;
+    let values = cpu_f32(&value_storage, value_layout)?;
+    let sequences: Vec<SequenceRows> = plans
+        .iter()
+        .map(|plan| SequenceRows {
+            len: plan.len,
+            start: plan.start,
+            slots: &plan.slots,
+        })
+        .collect();
+    let layout = Heads {
+        heads,
+        kv_heads: shape.kv_heads,
+        head_dim,
+        cache_slots: cache.keys().dim(1)?,
+    };
+    let output = attention::paged_attention(&queries, keys, values, &sequences, layout);
+    Tensor::from_vec(output, (tokens, heads * head_dim), q.device())
+}
+
+/// A contiguous F32 CPU tensor's elements, borrowed (the cache is large: never copied).
+fn cpu_f32<'a>(
+    storage: &'a candle_core::Storage,
+    layout: &candle_core::Layout,
+) -> Result<&'a [f32]> {
+    let candle_core::Storage::Cpu(cpu) = storage else {
+        return Err(candle_core::Error::Msg(
+            "the KV cache is not in CPU memory".into(),
+        ));
+    };
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        return Err(candle_core::Error::Msg(
+            "the KV cache is not contiguous".into(),
+        ));
+    };
+    Ok(&cpu.as_slice::<f32>()?[start..end])
+}
+
+/// Attention with candle ops, one sequence at a time: any device and dtype.
+fn generic_attention(
+    q: &Tensor,
+    plans: &[SequencePlan],
+    cache: &LayerCache,
+    shape: &ModelShape,
+) -> Result<Tensor> {
+    let (heads, kv_heads, head_dim) = (shape.heads, shape.kv_heads, shape.head_dim);
+    let groups = heads / kv_heads;
+    let scale = 1f64 / (head_dim as f64).sqrt();
+    let mut outputs = Vec::with_capacity(plans.len());
+    for plan in plans {
+        let n = plan.len;
+        let gather = plan
+            .gather
+            .as_ref()
+            .ok_or_else(|| candle_core::Error::Msg("no gather index".into()))?;
+        let keys = cache.keys().index_select(gather, 1)?;
+        let values = cache.values().index_select(gather, 1)?;
+        // [n, heads, d] → [heads, n, d] → [kv_heads, groups * n, d]: query heads that
+        // share a key head are consecutive, as in transformers' repeat_kv.
+        let query = q
+            .narrow(0, plan.offset, n)?
+            .transpose(0, 1)?
+            .contiguous()?
+            .reshape((kv_heads, groups * n, head_dim))?;
+        let scores = (query.matmul(&keys.t()?)? * scale)?;
+        let scores = match &plan.mask {
+            Some(mask) => scores.broadcast_add(mask)?,
+            None => scores,
+        };
+        let weights = candle_nn::ops::softmax_last_dim(&scores)?;
+        let output = weights
+            .matmul(&values)?
+            .reshape((heads, n, head_dim))?
+            .transpose(0, 1)?
+            .reshape((n, heads * head_dim))?;
+        outputs.push(output);
+    }
+    Tensor::cat(&outputs, 0)
 }
 
 #[cfg(test)]
@@ -402,14 +476,25 @@ mod tests {
     }
 
     /// Three sequences of different lengths in one batch, one of them prefilled in two chunks,
-    /// on scattered cache blocks, give the logits candle's own Qwen2 gives each alone.
+    /// on scattered cache blocks, give the logits candle's own Qwen2 gives each alone: through
+    /// the CPU's paged attention and through the candle ops CUDA runs.
     #[test]
     fn a_ragged_batch_matches_candles_qwen2_run_alone() {
+        ragged_batch_matches_candle(true);
+        ragged_batch_matches_candle(false);
+    }
+
+    fn ragged_batch_matches_candle(cpu_attention: bool) {
         let json = crate::tiny_model::config_json(crate::tiny_model::Shape::Tiny);
         let config: qwen2::Config = serde_json::from_value(json).expect("config");
         let varmap = crate::tiny_model::random_weights(&config).expect("weights");
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
-        let ours = Qwen2::load(&config, vb.clone()).expect("our model");
+        let mut ours = Qwen2::load(&config, vb.clone()).expect("our model");
+        assert!(
+            ours.cpu_attention,
+            "CPU and F32 choose the paged CPU attention"
+        );
+        ours.cpu_attention = cpu_attention;
         let prompts: [Vec<u32>; 3] = [(1..8).collect(), vec![9], (20..58).collect()];
         let next = [5u32, 6, 7];
         let mut expected = Vec::new();
