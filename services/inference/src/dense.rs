@@ -322,7 +322,7 @@ mod kernel {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use candle_core::Device;
 
@@ -340,7 +340,8 @@ mod tests {
         Tensor::from_vec(values, shape, &Device::Cpu).expect("tensor")
     }
 
-    fn max_difference(a: &Tensor, b: &Tensor) -> f32 {
+    /// The largest absolute difference between two F32 tensors of one shape.
+    pub(crate) fn max_difference(a: &Tensor, b: &Tensor) -> f32 {
         (a - b)
             .and_then(|d| d.abs())
             .and_then(|d| d.flatten_all())

@@ -463,17 +463,9 @@ fn generic_attention(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dense::tests::max_difference;
     use crate::kv_cache::{BlockAllocator, slots};
     use candle_transformers::models::qwen2;
-
-    fn max_difference(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .and_then(|d| d.abs())
-            .and_then(|d| d.flatten_all())
-            .and_then(|d| d.max(0))
-            .and_then(|d| d.to_scalar::<f32>())
-            .expect("difference")
-    }
 
     /// Three sequences of different lengths in one batch, one of them prefilled in two chunks,
     /// on scattered cache blocks, give the logits candle's own Qwen2 gives each alone: through
