@@ -6,8 +6,9 @@
 //!
 //! candle's own `qwen2` keeps one sequence's cache inside the model, which rules out batching.
 //! The weights and their names are the same (a Hugging Face Qwen2 checkpoint). It is device- and
-//! dtype-generic: the same code runs on CPU in F32 and on CUDA in BF16. It must never decide
-//! which sequences run or sample tokens; the engine does.
+//! dtype-generic: the same code runs on CPU in F32 and on CUDA in BF16, the CPU's linear layers
+//! and attention through [`crate::dense`] and [`crate::attention`] where those apply. It must
+//! never decide which sequences run or sample tokens; the engine does.
 
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{Embedding, RmsNorm, VarBuilder};
