@@ -378,11 +378,13 @@ fn paged_cpu(
     shape: &ModelShape,
 ) -> Result<Tensor> {
     let (tokens, heads, head_dim) = q.dims3()?;
-    let queries: Vec<f32> = q.flatten_all()?.to_vec1()?;
+    let q = q.contiguous()?;
+    let (query_storage, query_layout) = q.storage_and_layout();
+    let queries = cpu_f32(&query_storage, query_layout, "the queries")?;
     let (key_storage, key_layout) = cache.keys().storage_and_layout();
     let (value_storage, value_layout) = cache.values().storage_and_layout();
-    let keys = cpu_f32(&key_storage, key_layout)?;
-    let values = cpu_f32(&value_storage, value_layout)?;
+    let keys = cpu_f32(&key_storage, key_layout, "the KV cache's keys")?;
+    let values = cpu_f32(&value_storage, value_layout, "the KV cache's values")?;
     let sequences: Vec<SequenceRows> = plans
         .iter()
         .map(|plan| SequenceRows {
@@ -397,24 +399,24 @@ fn paged_cpu(
         head_dim,
         cache_slots: cache.keys().dim(1)?,
     };
-    let output = attention::paged_attention(&queries, keys, values, &sequences, layout);
+    let output = attention::paged_attention(queries, keys, values, &sequences, layout);
     Tensor::from_vec(output, (tokens, heads * head_dim), q.device())
 }
 
-/// A contiguous F32 CPU tensor's elements, borrowed (the cache is large: never copied).
+/// A contiguous F32 CPU tensor's elements, borrowed (the cache is large: never copied);
+/// `what` names it in errors.
 fn cpu_f32<'a>(
     storage: &'a candle_core::Storage,
     layout: &candle_core::Layout,
+    what: &str,
 ) -> Result<&'a [f32]> {
     let candle_core::Storage::Cpu(cpu) = storage else {
-        return Err(candle_core::Error::Msg(
-            "the KV cache is not in CPU memory".into(),
-        ));
+        return Err(candle_core::Error::Msg(format!(
+            "{what} is not in CPU memory"
+        )));
     };
     let Some((start, end)) = layout.contiguous_offsets() else {
-        return Err(candle_core::Error::Msg(
-            "the KV cache is not contiguous".into(),
-        ));
+        return Err(candle_core::Error::Msg(format!("{what} is not contiguous")));
     };
     Ok(&cpu.as_slice::<f32>()?[start..end])
 }
